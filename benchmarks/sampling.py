@@ -1,0 +1,249 @@
+"""Sampling throughput: HF `generate(num_return_sequences=n, do_sample=True)` vs `east.sampling.hf.sample`.
+
+    .venv/bin/python benchmarks/sampling.py            # about 3-4 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/sampling.py --quick    # smaller cases, for a smoke run
+    .venv/bin/python benchmarks/sampling.py --threads 2
+
+Both run in this one process on identical prompts and settings (temperature 1, top_k 0, top_p 1), over
+four cases: a backbone-sized Llama (~1M parameters) and a ~30M-parameter Llama, each with EOS (ragged
+lengths: an EOS logit bias gives every step about a 1-in-`mean_len` chance to end) and without EOS (the
+configs name no EOS, so every sample runs to max_new_tokens). Weights are random: throughput does not
+depend on what the weights say, only on the lengths they produce, which the EOS bias controls.
+
+Per case it prints tokens/s and samples/s of both, the peak resident-memory increase of each run (RSS
+sampled every 5 ms by a psutil thread, above the RSS before the run), and the share of this machine's
+fp32 matmul FLOP/s (measured below on a 2048^2 matmul) that our sampler reaches, counting
+2 x parameters FLOPs per generated token. The last line is the geometric-mean speedup over the cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from east.sampling.hf import sample  # noqa: E402
+
+
+@dataclass
+class Case:
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    prompts: int
+    n: int
+    rows: int  # samples in flight: HF generate gets rows // n prompts per call, our sampler rows slots
+    max_new_tokens: int
+    mean_len: float | None  # expected sample length with EOS; None = no EOS
+
+
+def cases(quick: bool) -> list[Case]:
+    """More prompts than fit in one batch, as in a self-training iteration (hundreds of questions)."""
+    s = 2 if quick else 1
+    return [
+        Case("backbone ~1M, EOS", 128, 4, 4, 512, 64 // s, 16, 256, 128, 32.0),
+        Case("backbone ~1M, no EOS", 128, 4, 4, 512, 32 // s, 16, 256, 64, None),
+        Case("llama ~30M, EOS", 512, 9, 8, 1536, 16 // s, 8, 64, 96, 24.0),
+        Case("llama ~30M, no EOS", 512, 9, 8, 1536, 16 // s, 8, 64, 48, None),
+    ]
+
+
+def load_tokenizer():
+    """The backbone's character tokenizer (a stand-in with the same recipe if the backbone is absent)."""
+    try:
+        from east.backbone.tokenizer import build_tokenizer
+
+        return build_tokenizer()
+    except ImportError:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {"<|pad|>": 0, "<|end|>": 1, **{chr(c): i + 2 for i, c in enumerate(range(10, 127)) if c >= 32 or c == 10}}
+        vocab = {t: i for i, t in enumerate(vocab)}
+        core = Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>"))
+        core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+        core.decoder = decoders.Fuse()
+        return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<|pad|>", eos_token="<|end|>")
+
+
+def build_prompts(count: int) -> list[str]:
+    """Word problems of 1 to 4 steps, so prompt lengths vary (about 30 to 100 characters)."""
+    steps = ["buys {} more", "gives away {}", "doubles them", "finds {} more"]
+    prompts = []
+    for i in range(count):
+        parts = [steps[(i + k) % 4].format(3 + (i * 7 + k) % 9) for k in range(1 + i % 4)]
+        prompts.append(f"Mia has {2 + i % 17} figs, " + ", then ".join(parts) + ". How many now?\nAnswer:")
+    return prompts
+
+
+def build_model(case: Case, tokenizer) -> LlamaForCausalLM:
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id if case.mean_len else None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=vocab, hidden_size=case.hidden, intermediate_size=case.intermediate,
+                             num_hidden_layers=case.layers, num_attention_heads=case.heads,
+                             num_key_value_heads=case.heads, max_position_embeddings=512,
+                             tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+                             bos_token_id=None)
+        model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if case.mean_len:
+        # Random logits are nearly flat, so a bias b on EOS gives it probability e^b / (V - 1 + e^b) per step.
+        p = 1 / case.mean_len
+        head = torch.nn.Linear(case.hidden, vocab, bias=True)
+        with torch.no_grad():
+            head.weight.copy_(model.lm_head.weight)
+            head.bias.zero_()
+            head.bias[eos] = math.log(p * (vocab - 1) / (1 - p))
+        model.lm_head = head
+    return model
+
+
+class PeakRss:
+    """Peak resident set size above the starting RSS while the block runs (psutil, sampled every 5 ms)."""
+
+    def __enter__(self):
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def poll(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+@dataclass
+class Run:
+    seconds: float
+    tokens: int
+    samples: int
+    peak_mb: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds
+
+
+def run_generate(model, tokenizer, prompts: list[str], case: Case) -> Run:
+    """Left-padded `generate` calls of rows // n prompts each, in order (the rows our sampler keeps in flight)."""
+    tokenizer.padding_side = "left"
+    per_call = case.rows // case.n
+    tokens = samples = 0
+    eos = model.generation_config.eos_token_id
+    with PeakRss() as memory, torch.inference_mode():
+        start = time.perf_counter()
+        for i in range(0, len(prompts), per_call):
+            batch = tokenizer(prompts[i : i + per_call], add_special_tokens=False, return_tensors="pt", padding=True)
+            out = model.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 num_return_sequences=case.n, max_new_tokens=case.max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+            generated = out[:, batch.input_ids.shape[1] :]
+            samples += generated.shape[0]
+            if eos is None:
+                tokens += generated.numel()
+            else:
+                # Tokens up to and including the first EOS: the samples proper (later columns are padding).
+                is_eos = generated == eos
+                tokens += int(torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, generated.shape[1]).sum())
+        seconds = time.perf_counter() - start
+    return Run(seconds, tokens, samples, memory.mb)
+
+
+def run_ours(model, tokenizer, prompts: list[str], case: Case) -> Run:
+    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    budget = case.rows * (longest + case.max_new_tokens)  # exactly case.rows slots
+    with PeakRss() as memory:
+        start = time.perf_counter()
+        gens = sample(model, tokenizer, prompts, n=case.n, temperature=1.0, max_new_tokens=case.max_new_tokens,
+                      seed=0, token_budget=budget)
+        seconds = time.perf_counter() - start
+    return Run(seconds, sum(sum(g.num_tokens) for g in gens), sum(len(g.texts) for g in gens), memory.mb)
+
+
+def matmul_flops(size: int = 2048, repeats: int = 8) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def warm_up(model, tokenizer, prompts: list[str]) -> None:
+    """One small run of each, so one-time costs (lazy imports, allocator growth) are not timed."""
+    sample(model, tokenizer, prompts[:2], n=2, max_new_tokens=4)
+    batch = tokenizer(prompts[:2], add_special_tokens=False, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        model.generate(**batch, do_sample=True, max_new_tokens=4, pad_token_id=tokenizer.pad_token_id)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="halve the cases")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both (default 1: on a shared 2-core machine, 2 threads that "
+                             "compete with other processes' threads can run 10x slower)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    tokenizer = load_tokenizer()
+    peak = matmul_flops()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul 2048^2: {peak / 1e9:.1f} GFLOP/s")
+    speedups = []
+    for case in cases(args.quick):
+        model = build_model(case, tokenizer)
+        params = sum(p.numel() for p in model.parameters())
+        prompts = build_prompts(case.prompts)
+        warm_up(model, tokenizer, prompts)
+        base = run_generate(model, tokenizer, prompts, case)
+        ours = run_ours(model, tokenizer, prompts, case)
+        speedup = ours.tokens_per_s / base.tokens_per_s
+        speedups.append(speedup)
+        share = 2 * params * ours.tokens_per_s / peak
+        print(f"\n[{case.name}] {params / 1e6:.2f}M params, {case.prompts} prompts x n={case.n}, "
+              f"{case.rows} samples in flight, max_new_tokens={case.max_new_tokens}")
+        for label, run in (("HF generate", base), ("east sample", ours)):
+            print(f"  {label:12s} {run.seconds:6.2f} s  {run.tokens:7d} tokens  {run.tokens_per_s:8.0f} tokens/s  "
+                  f"{run.samples_per_s:7.1f} samples/s  peak RSS +{run.peak_mb:6.0f} MB")
+        print(f"  speedup {speedup:.2f}x; east sample reaches {100 * share:.1f}% of matmul peak")
+        del model
+    geomean = math.exp(sum(math.log(s) for s in speedups) / len(speedups))
+    print(f"\nsampling speedup vs HF generate: {geomean:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

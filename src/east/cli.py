@@ -1,0 +1,202 @@
+"""The `east` command: the demo, a whole run, or one stage of it.
+
+    east demo                                   built-in task and backbone, CPU, minutes
+    east run configs/demo.yaml [--out DIR] [KEY=VALUE ...]
+    east sample|grade|weight|train|evaluate CONFIG [--out DIR]   run up to that stage
+    east bootstrap [--out DIR]                  train the built-in backbone
+    east report RUN_DIR    east status RUN_DIR
+
+A problem with the input is printed as one line (exit code 2); `--verbose` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from east.errors import UserError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Uncertainty-weighted self-training (EAST) and difficulty-aware self-training (DAST).")
+console = Console()
+state = {"verbose": False}
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+ConfigArg = Annotated[Path, typer.Argument(help="A YAML config, e.g. configs/demo.yaml.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<config name>).")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. sampling.n=32 train.epochs=1.")]
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False) -> None:
+    state["verbose"] = verbose
+
+
+def guarded(fn):
+    """Turn a UserError (or a crash) into one line and exit code 2, unless --verbose."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            if state["verbose"]:
+                raise
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted; finished stages and sample shards are kept, rerun to resume[/yellow]")
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            if state["verbose"]:
+                raise
+            console.print(f"[red]error:[/red] {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''}); "
+                          "nothing half-written was kept, rerun to resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def configure_run(config: Path, overrides: list[str] | None, out: Path | None):
+    from east.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    return cfg, out or Path("runs") / cfg.name
+
+
+def run_until(stage: str, config: Path, overrides: list[str] | None, out: Path | None):
+    from east.pipeline import run_pipeline
+
+    cfg, root = configure_run(config, overrides, out)
+    start = time.time()
+    run = run_pipeline(cfg, root, until=stage)
+    console.print(f"{stage}: {len(run.executed)} stage(s) run, {len(run.skipped)} skipped, "
+                  f"{time.time() - start:.0f} s; run directory {root}", highlight=False)
+    return run
+
+
+@app.command()
+@guarded
+def run(config: ConfigArg, overrides: Overrides = None, out: OutOpt = None) -> None:
+    """Run every stage for every seed and arm; resumes where a previous run stopped."""
+    run_ = run_until("report", config, overrides, out)
+    print_results(run_.root)
+
+
+@app.command()
+@guarded
+def demo(out: OutOpt = None, overrides: Overrides = None) -> None:
+    """EAST end to end on the built-in task and backbone (CPU, a few minutes)."""
+    config = REPO_CONFIGS / "demo.yaml"
+    if not config.exists():
+        raise UserError(f"{config} not found; run the demo from a checkout of east-selftrain (make demo)")
+    run_ = run_until("report", config, overrides, out)
+    print_results(run_.root)
+
+
+def stage_command(stage: str, doc: str):
+    @guarded
+    def command(config: ConfigArg, overrides: Overrides = None, out: OutOpt = None) -> None:
+        run_until(stage, config, overrides, out)
+
+    command.__doc__ = doc
+    app.command(name=stage)(command)
+
+
+stage_command("sample", "Sample n responses per training question (and what sampling needs first).")
+stage_command("grade", "Extract, cluster and grade the samples.")
+stage_command("weight", "Per-question statistics, weights and training rows for every arm.")
+stage_command("train", "Train every arm.")
+stage_command("evaluate", "Evaluate the base model and every trained arm.")
+
+
+@app.command()
+@guarded
+def bootstrap(
+    out: Annotated[Path, typer.Option("--out", help="Where to save the backbone.")] = Path("runs/backbone"),
+    config: Annotated[Path | None, typer.Option("--config", help="Take bootstrap/task settings from a config.")] = None,
+) -> None:
+    """Train the built-in tiny backbone (warm-up SFT on the labelled arith split)."""
+    from east.backbone import bootstrap as run_bootstrap
+    from east.config import load_config
+
+    cfg = load_config(config) if config else load_config(None)
+    start = time.time()
+    path = run_bootstrap(out, spec=cfg.task.arith, **cfg.bootstrap.model_dump())
+    console.print(f"backbone saved to {path} in {time.time() - start:.0f} s")
+
+
+@app.command()
+@guarded
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Write results.json, results.md and the figures of a run directory, and print the table."""
+    from east.report import write_report
+
+    if not (run_dir / "config.yaml").exists():
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    write_report(run_dir)
+    print_results(run_dir)
+
+
+@app.command()
+@guarded
+def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Which stages of a run directory are done, with counts and timings."""
+    from east import io
+
+    manifests = sorted((run_dir / "manifests").glob("*.json")) if (run_dir / "manifests").exists() else []
+    if not manifests:
+        raise UserError(f"{run_dir}: no finished stages (no manifests/)")
+    table = Table("stage", "finished", "seconds", "counts")
+    for path in manifests:
+        m = io.read_json(path)
+        counts = ", ".join(f"{k}={v}" for k, v in m.get("counts", {}).items() if not isinstance(v, (dict, list)))
+        table.add_row(m["stage"], m["finished_at"], f"{m['seconds']:.1f}", counts[:80])
+    console.print(table)
+    shards = list(run_dir.glob("seed-*/shards/*.parquet"))
+    if shards:
+        console.print(f"{len(shards)} sample shard(s) on disk")
+
+
+def print_results(root: Path) -> None:
+    from east import io
+
+    results = io.read_json(root / "results.json")
+    splits = results["splits"]
+    table = Table(title=f"{results['name']}: accuracy % (mean ± 95% CI over seeds {results['seeds']})")
+    table.add_column("setting")
+    for split in splits:
+        table.add_column(split, justify="right")
+    for split in splits:
+        table.add_column(f"Δ {split}", justify="right")
+    from east.report import pct
+
+    table.add_row("default", *[pct(results["default"][s]) for s in splits], *["" for _ in splits])
+    for entry in results["arms"]:
+        cells = [pct(entry["splits"][s]["mean"], entry["splits"][s]["ci95"]) for s in splits]
+        deltas = [pct(d["mean"], d["ci95"], sign=True) if (d := entry["splits"][s].get("delta_vs_vanilla")) else ""
+                  for s in splits]
+        table.add_row(entry["display"], *cells, *deltas)
+    console.print(table)
+    from east.report import fmt_q
+
+    for arm, w in results.get("weights", {}).items():
+        if any(e["arm"] == arm and e["weighting"] in ("entropy", "accuracy", "rejection") for e in results["arms"]):
+            console.print(f"{arm}: {w['kept']} questions kept | entropy {fmt_q(w['entropy'])} | "
+                          f"weight {fmt_q(w['weight'])}", highlight=False)
+    console.print(f"tables: {root / 'results.md'}  data: {root / 'results.json'}", highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

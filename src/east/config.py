@@ -1,0 +1,304 @@
+"""Run configuration: pydantic models, one section per stage, loaded from YAML plus dotted overrides.
+
+    east run configs/demo.yaml sampling.n=32 'arms=[{name: east, weighting: entropy, a: 1.5}]'
+
+Every model forbids unknown keys, so a typo is an error that names the key. The resolved config is
+saved as `config.yaml` in the run directory; stage manifests hash their own section of it, so a
+changed setting re-runs exactly the stages it affects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from east.dast import DastConfig
+from east.errors import UserError
+from east.tasks.arith import ArithSpec
+
+Loss = Literal["sft", "dpo", "kto"]
+Weighting = Literal["none", "entropy", "accuracy", "rejection", "lw_p", "lw_w"]
+GLOBAL_WEIGHTINGS = ("entropy", "accuracy", "rejection")  # per-question weights computed before training
+LOCAL_WEIGHTINGS = ("lw_p", "lw_w")  # per-row weights computed by the trainer from the policy
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def digest(self) -> str:
+        """A stable hash of this section, for stage manifests."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class TaskConfig(Section):
+    name: Literal["arith", "gsm8k", "math", "jsonl"] = Field("arith", description="Where questions come from.")
+    seed: int = Field(0, description="Seed of the built-in task's generator (arith).")
+    arith: ArithSpec = Field(default_factory=ArithSpec, description="Difficulty of the built-in task.")
+    ood_arith: ArithSpec | None = Field(
+        None, description="A harder arith variant evaluated as out-of-domain (None: no OOD evaluation)."
+    )
+    train_size: int | None = Field(400, ge=1, description="Self-training questions (None: the whole split).")
+    test_size: int | None = Field(300, ge=1, description="Test questions (None: the whole split).")
+    # gsm8k / math / jsonl
+    train_path: str | None = Field(None, description="Local JSONL/Parquet file or hub id of the training split.")
+    test_path: str | None = Field(None, description="Local JSONL/Parquet file or hub id of the test split.")
+    hub_config: str | None = Field(None, description="Hub dataset config name, e.g. 'main' for openai/gsm8k.")
+    question_field: str = Field("question", description="jsonl: the field holding the question.")
+    answer_field: str = Field("answer", description="jsonl: the field holding the gold answer.")
+    skip_bad_rows: bool = Field(False, description="Skip (and count) rows without a usable gold instead of failing.")
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        "builtin",
+        description="'builtin' (the shipped tiny backbone), 'bootstrap' (train the tiny backbone in the run "
+        "directory), an HF hub id or a local path.",
+    )
+    trust_remote_code: bool = Field(False, description="Allow code from the model repository to run.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+
+
+class BootstrapConfig(Section):
+    n_rows: int = Field(6000, ge=1, description="Warm-up SFT rows (labelled split).")
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(2e-3, gt=0)
+    hidden: int = Field(128, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+
+
+class PromptConfig(Section):
+    system: str | None = Field(None, description="System message (paper: 'Please reason step by step, ...').")
+    few_shot: int = Field(0, ge=0, description="Worked examples from the labelled split put before each question.")
+
+
+class SamplingConfig(Section):
+    backend: Literal["hf", "vllm"] = "hf"
+    n: int = Field(16, ge=1, description="Samples per training question (paper: 128).")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0: no top-k cut.")
+    max_new_tokens: int = Field(64, ge=1)
+    seed: int = 0
+    token_budget: int = Field(65536, ge=64, description="Tokens held in the KV cache at once (sets the batch).")
+    stop: list[str] = Field(default_factory=list, description="Stop strings (EOS always stops).")
+    shard_size: int = Field(64, ge=1, description="Questions per shard written to disk (resume granularity).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm only.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm only.")
+
+
+class GradingConfig(Section):
+    kind: Literal["auto", "arith", "gsm8k", "math"] = Field("auto", description="auto: the task's own grader.")
+    timeout: float = Field(5.0, gt=0, description="Seconds per symbolic comparison before it counts as wrong.")
+    workers: int | None = Field(None, ge=1, description="Symbolic grading processes (None: CPU count).")
+
+
+class FilterConfig(Section):
+    keep_all_correct: bool = Field(False, description="Keep questions whose samples are all correct (h = 0).")
+    epsilon: float = Field(0.0, ge=0, description="Added to the signal before mapping (lets h = 0 pass a <= 0).")
+
+
+class SelectionConfig(Section):
+    mode: Literal["one", "all_distinct"] = Field("one", description="SFT: one random correct response per question, or all distinct ones.")
+    pairs_per_question: int = Field(1, ge=1, description="DPO: pairs per question.")
+    boxed_only: bool = Field(False, description="Keep only responses with a \\boxed{} answer (official preprocessing).")
+
+
+class LossHyper(Section):
+    learning_rate: float = Field(gt=0)
+    beta: float | None = Field(None, gt=0, description="DPO / KTO temperature.")
+
+
+class LoraConfig(Section):
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    merge: bool = Field(True, description="Merge the adapter into the saved model.")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_length: int | None = Field(1024, ge=8)
+    lr_scheduler: str = "linear"
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every k steps (resume point).")
+    lora: LoraConfig | None = None
+    sft: LossHyper = Field(default_factory=lambda: LossHyper(learning_rate=2e-6))
+    dpo: LossHyper = Field(default_factory=lambda: LossHyper(learning_rate=2e-7, beta=0.01))
+    kto: LossHyper = Field(default_factory=lambda: LossHyper(learning_rate=2e-7, beta=0.05))
+
+
+class EvaluationConfig(Section):
+    max_new_tokens: int = Field(64, ge=1)
+    token_budget: int = Field(65536, ge=64)
+    k: int = Field(0, ge=0, description="Also draw k samples per test question for maj@k and pass@k (0: off).")
+    temperature: float = Field(1.0, ge=0, description="Temperature of the k samples.")
+
+
+class ArmConfig(Section):
+    name: str | None = Field(None, description="Defaults to loss[+weighting][@a].")
+    loss: Loss = "sft"
+    data: Literal["vanilla", "dast_p", "dast_l"] = Field(
+        "vanilla", description="Training data: the paper's (vanilla), DAST-P (more correct responses for harder "
+        "questions) or DAST-L (long few-shot prompts for harder questions).")
+    weighting: Weighting = "none"
+    mapping: Literal["power", "linear", "mean"] = Field("power", description="How the signal becomes a weight.")
+    a: float | list[float] = Field(1.0, description="Power exponent; a list expands into one arm per value.")
+    linear_range: float | None = Field(None, gt=0, description="Output range R of the linear mapping.")
+
+    @model_validator(mode="after")
+    def _dast_losses(self) -> ArmConfig:
+        if self.data != "vanilla" and self.loss == "kto":
+            raise ValueError("DAST arms train with sft (DAST-S) or dpo (DAST-D), not kto")
+        return self
+
+    @model_validator(mode="after")
+    def _linear_needs_range(self) -> ArmConfig:
+        if self.mapping == "linear" and self.linear_range is None and self.weighting in GLOBAL_WEIGHTINGS:
+            raise ValueError("mapping 'linear' needs linear_range (the output range R of Eq. 4)")
+        return self
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        data = "" if self.data == "vanilla" else f"+{self.data}"
+        if self.weighting == "none":
+            return self.loss + data
+        suffix = f"@{self.a:g}" if self.weighting in GLOBAL_WEIGHTINGS and self.mapping == "power" else ""
+        return f"{self.loss}{data}+{self.weighting}{suffix}"
+
+
+def default_arms() -> list[ArmConfig]:
+    return [ArmConfig(name="sft", weighting="none"), ArmConfig(name="sft+east", weighting="entropy", a=1.0)]
+
+
+class RunConfig(Section):
+    name: str = Field("run", description="Run name; the default run directory is runs/<name>.")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Each seed re-samples and re-trains every arm.")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    grading: GradingConfig = Field(default_factory=GradingConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    dast: DastConfig = Field(default_factory=DastConfig, description="DAST settings, used by arms with data dast_p / dast_l.")
+    arms: list[ArmConfig] = Field(default_factory=default_arms)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_distinct(cls, seeds: list[int]) -> list[int]:
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return seeds
+
+    @model_validator(mode="after")
+    def _arms_distinct(self) -> RunConfig:
+        labels = [arm.label() for arm in expand_arms(self.arms)]
+        dupes = sorted({label for label in labels if labels.count(label) > 1})
+        if dupes:
+            raise ValueError(f"arm names must be distinct, repeated: {dupes} (give each arm a `name`)")
+        return self
+
+    def grading_kind(self) -> str:
+        if self.grading.kind != "auto":
+            return self.grading.kind
+        return {"arith": "arith", "gsm8k": "gsm8k", "math": "math", "jsonl": "gsm8k"}[self.task.name]
+
+
+def expand_arms(arms: list[ArmConfig]) -> list[ArmConfig]:
+    """One arm per value of `a` where an arm lists several (the paper's Figure 3 sweep)."""
+    out = []
+    for arm in arms:
+        values = arm.a if isinstance(arm.a, list) else [arm.a]
+        for a in values:
+            if not math.isfinite(a):
+                raise UserError(f"arm {arm.label()}: a = {a} is not a finite number")
+            name = arm.name if len(values) == 1 else (f"{arm.name}@{a:g}" if arm.name else None)
+            out.append(arm.model_copy(update={"a": float(a), "name": name}))
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`sampling.n=32` -> (['sampling', 'n'], 32); the value is read as YAML."""
+    if "=" not in text:
+        raise UserError(f"override {text!r} is not KEY=VALUE (e.g. sampling.n=32)")
+    key, _, raw = text.partition("=")
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise UserError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"override {text!r}: the value is not valid YAML ({exc.problem})") from exc
+    return path, value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"override {'.'.join(path)}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of sections (task:, sampling:, ...)")
+    return data
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    """The first problem, as one line naming the dotted key."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}' (check its spelling; see `east config --help` or configs/demo.yaml)"
+    return f"{source}: key '{key}': {err['msg']}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    data = read_yaml(Path(path)) if path else {}
+    if path and "name" not in data:
+        data["name"] = Path(path).stem
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc, str(path or "config"))) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

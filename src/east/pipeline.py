@@ -1,0 +1,520 @@
+"""The run directory and the stages that fill it: questions -> sample -> grade -> weight -> select ->
+train -> evaluate -> report, for every seed and arm of a config.
+
+    east run configs/demo.yaml --out runs/demo
+
+Layout of a run directory (every file is written atomically; a stage's manifest is written last):
+
+    config.yaml                     the resolved config
+    manifests/<stage>.json          one per finished stage: key, inputs, config, counts, seconds
+    backbone/                       the bootstrapped tiny model (model.path: bootstrap)
+    data/{train,test,ood}.jsonl     the questions
+    default/eval-{split}.jsonl|json the untrained model's evaluation
+    seed-<s>/shards/                sample shards, written as they complete (resume point)
+    seed-<s>/samples.parquet        SampleSet rows
+    seed-<s>/graded.parquet         GradedSet rows
+    seed-<s>/<arm>/stats.parquet    QuestionStats rows (with the arm's weights)
+    seed-<s>/<arm>/rows.parquet     training rows (TRL format + weight)
+    seed-<s>/<arm>/model/           the trained model
+    seed-<s>/<arm>/eval-{split}.*   per-question rows (.jsonl) and the summary (.json)
+    results.json, results.md        the table (report.py)
+
+A stage is skipped when its manifest's key matches the key computed from its config section and the
+keys of the stages it reads; otherwise it is redone and the reason is printed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from east import io
+from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfig, dump_config, expand_arms
+from east.errors import UserError
+from east.records import GradedSet, Question, QuestionStats, SampleSet
+
+console = Console(stderr=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Manifests
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    found = {"python": platform.python_version()}
+    for name in ("east-selftrain", "torch", "transformers", "trl", "peft", "datasets", "math-verify"):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return found
+
+
+def stage_key(config: Any, inputs: dict[str, str]) -> str:
+    blob = json.dumps({"config": config, "inputs": inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Run:
+    """A run directory plus the bookkeeping of which stages are done."""
+
+    config: RunConfig
+    root: Path
+    log: Callable[[str], None] = field(default=lambda msg: console.print(msg, highlight=False))
+    executed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.root / "manifests" / f"{stage.replace('/', '__')}.json"
+
+    def manifest(self, stage: str) -> dict | None:
+        path = self.manifest_path(stage)
+        return io.read_json(path) if path.exists() else None
+
+    def key_of(self, stage: str) -> str:
+        found = self.manifest(stage)
+        if found is None:
+            raise RuntimeError(f"stage {stage} has not run")
+        return found["key"]
+
+    def stage(
+        self,
+        stage: str,
+        config: Any,
+        inputs: list[str],
+        outputs: list[Path],
+        fn: Callable[[], dict[str, Any] | None],
+    ) -> dict:
+        """Run `fn` unless a manifest says the same stage already produced `outputs` from the same inputs."""
+        input_keys = {name: self.key_of(name) for name in inputs}
+        key = stage_key(config, input_keys)
+        old = self.manifest(stage)
+        reason = self.stale_reason(old, key, config, input_keys, outputs)
+        if reason is None:
+            self.skipped.append(stage)
+            self.log(f"[dim]skip {stage} (done {old['finished_at']})[/dim]")
+            return old
+        if old is not None:
+            self.log(f"[yellow]redo {stage}: {reason}[/yellow]")
+        self.log(f"[bold]{stage}[/bold] ...")
+        start = time.time()
+        counts = fn() or {}
+        manifest = {
+            "stage": stage,
+            "key": key,
+            "inputs": input_keys,
+            "config": config,
+            "outputs": [str(p.relative_to(self.root)) for p in outputs],
+            "counts": counts,
+            "seconds": round(time.time() - start, 2),
+            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "versions": versions(),
+        }
+        io.write_json(self.manifest_path(stage), manifest)
+        self.executed.append(stage)
+        return manifest
+
+    @staticmethod
+    def stale_reason(old, key, config, input_keys, outputs) -> str | None:
+        if old is None:
+            return "not run yet"
+        missing = [str(p) for p in outputs if not p.exists()]
+        if missing:
+            return f"output missing: {missing[0]}"
+        if old["key"] == key:
+            return None
+        changed = [name for name, k in input_keys.items() if old["inputs"].get(name) != k]
+        if changed:
+            return f"input changed: {', '.join(changed)}"
+        return f"config changed: {changed_keys(old['config'], config)}"
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        diffs = []
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                diffs.append(changed_keys(old.get(k), new.get(k), f"{prefix}{k}."))
+        return ", ".join(diffs) or "(none)"
+    return f"{prefix.rstrip('.')} {old!r} -> {new!r}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Locking
+
+
+@dataclass
+class RunLock:
+    """An exclusive lock on a run directory; a second `east run` on it refuses instead of corrupting it."""
+
+    root: Path
+    handle: Any = None
+
+    def __enter__(self) -> RunLock:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise UserError(
+                f"{self.root} is in use by another east process; wait for it to finish or use another --out"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stages
+
+
+def questions_path(run: Run, split: str) -> Path:
+    return run.root / "data" / f"{split}.jsonl"
+
+
+def read_questions(path: Path) -> list[Question]:
+    return [Question.from_dict(row) for row in io.read_jsonl(path)]
+
+
+def stage_questions(run: Run) -> None:
+    from east.tasks.loaders import load_questions
+
+    cfg = run.config.task
+    splits = ["train", "test"] + (["ood"] if cfg.ood_arith is not None else [])
+    outputs = [questions_path(run, s) for s in splits]
+
+    def build():
+        counts = {}
+        for split, path in zip(splits, outputs):
+            questions = load_questions(cfg, split)
+            io.write_jsonl(path, [q.to_dict() for q in questions])
+            counts[split] = len(questions)
+        return counts
+
+    run.stage("questions", cfg.model_dump(mode="json"), [], outputs, build)
+
+
+def model_path(run: Run) -> str:
+    """Where the base model lives: the shipped backbone, a bootstrapped one, or the user's path / hub id."""
+    path = run.config.model.path
+    if path == "builtin":
+        from east.backbone import builtin_checkpoint
+
+        return str(builtin_checkpoint())
+    if path == "bootstrap":
+        return str(run.root / "backbone")
+    return path
+
+
+def stage_bootstrap(run: Run) -> list[str]:
+    """Train the tiny backbone into the run directory when asked; returns the stage names to depend on."""
+    if run.config.model.path != "bootstrap":
+        return []
+    from east.backbone import bootstrap
+
+    cfg = run.config.bootstrap
+    out = run.root / "backbone"
+
+    def build():
+        bootstrap(out, spec=run.config.task.arith, **cfg.model_dump())
+        return {"rows": cfg.n_rows}
+
+    run.stage("bootstrap", {"bootstrap": cfg.model_dump(mode="json"), "arith": run.config.task.arith.model_dump(mode="json")}, [], [out], build)
+    return ["bootstrap"]
+
+
+def base_dependencies(run: Run) -> list[str]:
+    return ["bootstrap"] if run.config.model.path == "bootstrap" else []
+
+
+def prompts_for(run: Run, tokenizer, questions: list[Question]) -> list[str]:
+    from east.tasks.prompts import render_prompt
+
+    shots = few_shot_examples(run)
+    return [render_prompt(tokenizer, q, run.config.prompt.system, shots) for q in questions]
+
+
+def few_shot_examples(run: Run) -> list[Question]:
+    k = run.config.prompt.few_shot
+    if k == 0:
+        return []
+    from east.tasks.loaders import load_questions
+
+    pool = [q for q in load_questions(run.config.task, "warmup") if q.solution]
+    if len(pool) < k:
+        raise UserError(f"prompt.few_shot={k} but the task has only {len(pool)} worked examples")
+    return random.Random(0).sample(pool, k)
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    return int(hashlib.sha256(f"{seed}:{shard}".encode()).hexdigest()[:8], 16)
+
+
+def stage_sample(run: Run, seed: int) -> None:
+    cfg = run.config.sampling
+    out = run.root / f"seed-{seed}" / "samples.parquet"
+    shard_dir = out.parent / "shards"
+    deps = ["questions"] + base_dependencies(run)
+    key_config = {"sampling": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
+                  "model": run.config.model.model_dump(mode="json"), "seed": seed}
+
+    def build():
+        questions = read_questions(questions_path(run, "train"))
+        model, tokenizer = load_model_and_tokenizer(run, model_path(run))
+        prompts = prompts_for(run, tokenizer, questions)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        fingerprint = stage_key(key_config, {"questions": run.key_of("questions")})
+        rows = []
+        for index, start in enumerate(range(0, len(questions), cfg.shard_size)):
+            shard_path = shard_dir / f"shard-{index:05d}-{fingerprint}.parquet"
+            if shard_path.exists():
+                rows.extend(io.read_parquet(shard_path))
+                continue
+            batch_q = questions[start : start + cfg.shard_size]
+            generations = generate(run, model, tokenizer, prompts[start : start + cfg.shard_size], cfg.n,
+                                   temperature=cfg.temperature, seed=shard_seed(seed, index),
+                                   max_new_tokens=cfg.max_new_tokens, token_budget=cfg.token_budget)
+            shard_rows = [
+                SampleSet(q.question_id, p, g.texts, g.num_tokens, g.finished).to_dict()
+                for q, p, g in zip(batch_q, prompts[start:], generations)
+            ]
+            io.write_parquet(shard_path, shard_rows)
+            rows.extend(shard_rows)
+            run.log(f"  shard {index}: {len(rows)}/{len(questions)} questions sampled")
+        io.write_parquet(out, rows)
+        tokens = sum(sum(r["num_tokens"]) for r in rows)
+        return {"questions": len(rows), "samples": sum(len(r["responses"]) for r in rows), "tokens": tokens}
+
+    run.stage(f"seed-{seed}/sample", key_config, deps, [out], build)
+
+
+def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, temperature: float, seed: int,
+             max_new_tokens: int, token_budget: int):
+    cfg = run.config.sampling
+    if cfg.backend == "vllm":
+        raise UserError("sampling.backend=vllm runs through `east.sampling.vllm`; it needs a GPU machine with vllm installed")
+    from east.sampling.hf import sample
+
+    return sample(model, tokenizer, prompts, n, temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                  max_new_tokens=max_new_tokens, seed=seed, stop=cfg.stop or None, token_budget=token_budget,
+                  progress=console.is_terminal)
+
+
+def stage_grade(run: Run, seed: int) -> None:
+    from east.grading import grade_sample_sets
+
+    base = run.root / f"seed-{seed}"
+    out = base / "graded.parquet"
+
+    def build():
+        sample_sets = [SampleSet.from_dict(r) for r in io.read_parquet(base / "samples.parquet")]
+        golds = {q.question_id: q.gold for q in read_questions(questions_path(run, "train"))}
+        graded, counts = grade_sample_sets(sample_sets, golds, run.config.grading_kind(),
+                                           timeout=run.config.grading.timeout, workers=run.config.grading.workers)
+        io.write_parquet(out, [g.to_dict() for g in graded])
+        return dict(counts)
+
+    cfg = {"grading": run.config.grading.model_dump(mode="json"), "kind": run.config.grading_kind()}
+    run.stage(f"seed-{seed}/grade", cfg, [f"seed-{seed}/sample", "questions"], [out], build)
+
+
+def read_graded(path: Path) -> list[GradedSet]:
+    return [GradedSet.from_dict(r) for r in io.read_parquet(path)]
+
+
+def weighting_args(run: Run, arm: ArmConfig) -> dict[str, Any]:
+    """Arguments of `question_stats`: the arm's signal and mapping, or uniform for vanilla and local arms."""
+    if arm.weighting in GLOBAL_WEIGHTINGS:
+        return {"signal": arm.weighting, "mapping": arm.mapping, "a": float(arm.a), "linear_range": arm.linear_range,
+                "epsilon": run.config.filter.epsilon, "keep_all_correct": run.config.filter.keep_all_correct}
+    return {"signal": "entropy", "mapping": "uniform", "a": 1.0, "linear_range": None,
+            "epsilon": run.config.filter.epsilon, "keep_all_correct": run.config.filter.keep_all_correct}
+
+
+def stage_weight(run: Run, seed: int, arm: ArmConfig) -> None:
+    from east.weighting import question_stats, summarise
+
+    base = run.root / f"seed-{seed}"
+    out = base / arm.label() / "stats.parquet"
+    args = weighting_args(run, arm)
+
+    def build():
+        try:
+            stats = question_stats(read_graded(base / "graded.parquet"), **args)
+        except ValueError as exc:
+            raise UserError(f"arm {arm.label()}: {exc}") from None
+        io.write_parquet(out, [s.to_dict() for s in stats])
+        return summarise(stats)
+
+    run.stage(f"seed-{seed}/{arm.label()}/weight", args, [f"seed-{seed}/grade"], [out], build)
+
+
+def stage_select(run: Run, seed: int, arm: ArmConfig) -> None:
+    from east import selection
+
+    base = run.root / f"seed-{seed}"
+    arm_dir = base / arm.label()
+    out = arm_dir / "rows.parquet"
+    cfg = run.config.selection
+
+    def build():
+        graded = read_graded(base / "graded.parquet")
+        stats = [QuestionStats.from_dict(r) for r in io.read_parquet(arm_dir / "stats.parquet")]
+        counts: dict[str, Any] = {}
+        if arm.loss == "sft":
+            rows = selection.sft_rows(graded, stats, mode=cfg.mode, seed=seed, boxed_only=cfg.boxed_only)
+        elif arm.loss == "dpo":
+            rows, counts = selection.dpo_rows(graded, stats, pairs_per_question=cfg.pairs_per_question, seed=seed,
+                                              boxed_only=cfg.boxed_only)
+        else:
+            rows, counts = selection.kto_rows(graded, stats, seed=seed, boxed_only=cfg.boxed_only)
+        if not rows:
+            raise UserError(f"arm {arm.label()}: no training rows left after selection ({counts}); "
+                            "sample more (sampling.n) or relax filter/selection")
+        io.write_parquet(out, rows)
+        return {"rows": len(rows), **counts}
+
+    run.stage(f"seed-{seed}/{arm.label()}/select", {"selection": cfg.model_dump(mode="json"), "loss": arm.loss, "seed": seed},
+              [f"seed-{seed}/grade", f"seed-{seed}/{arm.label()}/weight"], [out], build)
+
+
+def stage_train(run: Run, seed: int, arm: ArmConfig) -> None:
+    from east.training import train
+
+    arm_dir = run.root / f"seed-{seed}" / arm.label()
+    out = arm_dir / "model"
+    cfg = run.config.train
+    hyper = getattr(cfg, arm.loss)
+    args = {
+        "loss": arm.loss,
+        "local_weighting": arm.weighting if arm.weighting in LOCAL_WEIGHTINGS else None,
+        "learning_rate": hyper.learning_rate,
+        "beta": hyper.beta,
+        "num_train_epochs": cfg.epochs,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "warmup_ratio": cfg.warmup_ratio,
+        "max_length": cfg.max_length,
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "logging_steps": cfg.logging_steps,
+        "save_steps": cfg.save_steps,
+        "lora": cfg.lora.model_dump() if cfg.lora else None,
+        "seed": seed,
+    }
+
+    def build():
+        rows = io.read_parquet(arm_dir / "rows.parquet")
+        train(rows, model_path(run), arm_dir, resume=True, **args)
+        return {"rows": len(rows)}
+
+    deps = [f"seed-{seed}/{arm.label()}/select"] + base_dependencies(run)
+    run.stage(f"seed-{seed}/{arm.label()}/train", args, deps, [out], build)
+
+
+def eval_splits(run: Run) -> list[str]:
+    return ["test"] + (["ood"] if run.config.task.ood_arith is not None else [])
+
+
+def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], directory: Path) -> None:
+    from east.evaluation import evaluate
+
+    cfg = run.config.evaluation
+    for split in eval_splits(run):
+        rows_path = directory / f"eval-{split}.jsonl"
+        summary_path = directory / f"eval-{split}.json"
+
+        def build(split=split, rows_path=rows_path, summary_path=summary_path):
+            questions = read_questions(questions_path(run, split))
+            model, tokenizer = load_model_and_tokenizer(run, path_of_model)
+            prompts = prompts_for(run, tokenizer, questions)
+            rows, summary = evaluate(
+                questions, prompts,
+                lambda ps, n, temperature, seed: generate(run, model, tokenizer, ps, n, temperature=temperature,
+                                                          seed=seed, max_new_tokens=cfg.max_new_tokens,
+                                                          token_budget=cfg.token_budget),
+                kind=run.config.grading_kind(), k=cfg.k, k_temperature=cfg.temperature,
+                timeout=run.config.grading.timeout,
+            )
+            io.write_jsonl(rows_path, rows)
+            io.write_json(summary_path, summary)
+            return summary
+
+        config = {"evaluation": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
+                  "split": split, "kind": run.config.grading_kind()}
+        run.stage(f"{name}/evaluate-{split}", config, deps + ["questions"], [rows_path, summary_path], build)
+
+
+def load_model_and_tokenizer(run: Run, path: str):
+    from east.models import load_model_and_tokenizer as load
+
+    return load(path, dtype=run.config.model.dtype, trust_remote_code=run.config.model.trust_remote_code)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The whole run
+
+STAGES = ("bootstrap", "sample", "grade", "weight", "train", "evaluate", "report")
+
+
+def prepare_run_dir(config: RunConfig, root: Path) -> Run:
+    root.mkdir(parents=True, exist_ok=True)
+    saved = root / "config.yaml"
+    text = dump_config(config)
+    if saved.exists() and saved.read_text() != text:
+        console.print(f"[yellow]{saved}: config differs from the saved one; stages it affects will be redone[/yellow]")
+    io.write_text(saved, text)
+    return Run(config=config, root=root)
+
+
+def run_pipeline(config: RunConfig, root: Path, until: str = "report") -> Run:
+    """Run every stage up to `until` for every seed and arm, skipping what is already done."""
+    if until not in STAGES:
+        raise UserError(f"unknown stage {until!r}; one of {', '.join(STAGES)}")
+    stop = STAGES.index(until)
+    with RunLock(root):
+        run = prepare_run_dir(config, root)
+        stage_bootstrap(run)
+        if stop == 0:
+            return run
+        stage_questions(run)
+        arms = expand_arms(config.arms)
+        if stop >= STAGES.index("evaluate"):
+            stage_evaluate(run, "default", model_path(run), base_dependencies(run), root / "default")
+        for seed in config.seeds:
+            stage_sample(run, seed)
+            if stop >= STAGES.index("grade"):
+                stage_grade(run, seed)
+            for arm in arms if stop >= STAGES.index("weight") else []:
+                stage_weight(run, seed, arm)
+                stage_select(run, seed, arm)
+                if stop >= STAGES.index("train"):
+                    stage_train(run, seed, arm)
+                if stop >= STAGES.index("evaluate"):
+                    stage_evaluate(run, f"seed-{seed}/{arm.label()}", str(root / f"seed-{seed}" / arm.label() / "model"),
+                                   [f"seed-{seed}/{arm.label()}/train"], root / f"seed-{seed}" / arm.label())
+        if stop >= STAGES.index("report"):
+            from east.report import write_report
+
+            write_report(root)
+        return run

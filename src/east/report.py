@@ -1,0 +1,232 @@
+"""Tables and plots of a run directory: results.json, results.md, figure3.png, figure5.png.
+
+    east report runs/demo
+
+Accuracy is shown as mean +- 95% confidence half-width over seeds (Student t), and every weighted arm
+also as its paired difference to the vanilla arm of the same loss over the same seeds: the seeds share
+their samples, so the paired difference removes the sampling noise both arms have in common.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+import yaml
+
+from east import io
+from east.config import ArmConfig, RunConfig, expand_arms
+
+# Two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond the table.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+WEIGHTING_NAMES = {"none": "", "lw_w": "LW(W)", "lw_p": "LW(P)", "entropy": "EAST", "accuracy": "EAST-acc",
+                   "rejection": "EAST-rej"}
+WEIGHTING_ORDER = ["none", "lw_w", "lw_p", "entropy", "accuracy", "rejection"]
+
+
+def t95(df: int) -> float:
+    if df <= 0:
+        return float("nan")
+    below = [d for d in T95 if d <= df]
+    return T95[max(below)] if df <= 30 else 1.96
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and 95% half-width (nan with a single value)."""
+    if len(values) < 2:
+        return mean(values), float("nan")
+    return mean(values), t95(len(values) - 1) * stdev(values) / math.sqrt(len(values))
+
+
+def display_name(arm: ArmConfig) -> str:
+    name = arm.loss.upper()
+    if arm.weighting != "none":
+        name += f" + {WEIGHTING_NAMES[arm.weighting]}"
+        if arm.weighting in ("entropy", "accuracy", "rejection"):
+            name += f" ({arm.mapping}" + (f", a={arm.a:g})" if arm.mapping == "power" else ")")
+    return name
+
+
+def load_config(root: Path) -> RunConfig:
+    return RunConfig.model_validate(yaml.safe_load((root / "config.yaml").read_text()))
+
+
+def read_accuracy(path: Path) -> float | None:
+    return io.read_json(path)["accuracy"] if path.exists() else None
+
+
+def collect(root: Path) -> dict[str, Any]:
+    """Every number the report shows, as one JSON-able dict."""
+    config = load_config(root)
+    splits = ["test"] + (["ood"] if config.task.ood_arith is not None else [])
+    arms = sorted(expand_arms(config.arms), key=arm_order)
+    results: dict[str, Any] = {"name": config.name, "seeds": config.seeds, "splits": splits, "default": {}, "arms": []}
+    for split in splits:
+        results["default"][split] = read_accuracy(root / "default" / f"eval-{split}.json")
+    for arm in arms:
+        entry = {"arm": arm.label(), "display": display_name(arm), "loss": arm.loss, "weighting": arm.weighting,
+                 "mapping": arm.mapping, "a": arm.a, "splits": {}}
+        for split in splits:
+            per_seed = {s: read_accuracy(root / f"seed-{s}" / arm.label() / f"eval-{split}.json") for s in config.seeds}
+            done = {s: v for s, v in per_seed.items() if v is not None}
+            m, ci = mean_ci(list(done.values())) if done else (None, None)
+            entry["splits"][split] = {"per_seed": per_seed, "mean": m, "ci95": ci, "seeds_done": len(done)}
+        results["arms"].append(entry)
+    add_paired_differences(results)
+    results["weights"] = weight_summaries(root, config)
+    return results
+
+
+def arm_order(arm: ArmConfig) -> tuple:
+    return (["sft", "dpo", "kto"].index(arm.loss), WEIGHTING_ORDER.index(arm.weighting), arm.mapping, float(arm.a))
+
+
+def add_paired_differences(results: dict[str, Any]) -> None:
+    vanilla = {e["loss"]: e for e in results["arms"] if e["weighting"] == "none"}
+    for entry in results["arms"]:
+        base = vanilla.get(entry["loss"])
+        if base is None or base is entry:
+            continue
+        for split, cell in entry["splits"].items():
+            pairs = [(v, base["splits"][split]["per_seed"].get(s)) for s, v in cell["per_seed"].items()]
+            diffs = [v - b for v, b in pairs if v is not None and b is not None]
+            if diffs:
+                m, ci = mean_ci(diffs)
+                cell["delta_vs_vanilla"] = {"mean": m, "ci95": ci, "n": len(diffs)}
+
+
+def weight_summaries(root: Path, config: RunConfig) -> dict[str, Any]:
+    """Entropy and weight distribution of the first seed's kept questions, per weighted arm."""
+    out = {}
+    seed = config.seeds[0]
+    for arm in expand_arms(config.arms):
+        path = root / f"seed-{seed}" / arm.label() / "stats.parquet"
+        if not path.exists():
+            continue
+        kept = [r for r in io.read_parquet(path) if r["kept"]]
+        if kept:
+            out[arm.label()] = {"kept": len(kept), "entropy": quantiles([r["entropy"] for r in kept]),
+                                "weight": quantiles([r["weight"] for r in kept])}
+    return out
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def q(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return {"min": ordered[0], "p25": q(0.25), "median": q(0.5), "p75": q(0.75), "max": ordered[-1],
+            "mean": sum(ordered) / len(ordered)}
+
+
+def pct(value: float | None, ci: float | None = None, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    text = f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
+    if ci is not None and not math.isnan(ci):
+        text += f" ± {100 * ci:.1f}"
+    return text
+
+
+def markdown(results: dict[str, Any]) -> str:
+    splits = results["splits"]
+    seeds = results["seeds"]
+    head = ["setting"] + [f"{s} acc. %" for s in splits] + [f"{s} Δ vs vanilla" for s in splits]
+    lines = [f"# {results['name']}: accuracy (%), mean ± 95% CI over {len(seeds)} seed(s) {seeds}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append("| default | " + " | ".join(pct(results["default"][s]) for s in splits) + " |" + " |" * len(splits))
+    for entry in results["arms"]:
+        cells = [pct(entry["splits"][s]["mean"], entry["splits"][s]["ci95"]) for s in splits]
+        deltas = []
+        for s in splits:
+            d = entry["splits"][s].get("delta_vs_vanilla")
+            deltas.append(pct(d["mean"], d["ci95"], sign=True) if d else "")
+        lines.append(f"| {entry['display']} | " + " | ".join(cells + deltas) + " |")
+    lines += ["", "Δ: paired difference to the same loss without weighting, over the same seeds (shared samples).",
+              "A CI that contains 0 means no difference was detected at this scale."]
+    for arm, w in results.get("weights", {}).items():
+        lines.append(f"- {arm}: {w['kept']} kept questions; entropy {fmt_q(w['entropy'])}; weight {fmt_q(w['weight'])}")
+    return "\n".join(lines) + "\n"
+
+
+def fmt_q(q: dict[str, float]) -> str:
+    return f"min {q['min']:.2f} / median {q['median']:.2f} / max {q['max']:.2f} (mean {q['mean']:.2f})"
+
+
+def write_report(root: Path) -> dict[str, Any]:
+    root = Path(root)
+    results = collect(root)
+    io.write_json(root / "results.json", results)
+    io.write_text(root / "results.md", markdown(results))
+    figure3(root, results)
+    figure5(root, results)
+    return results
+
+
+def figure3(root: Path, results: dict[str, Any]) -> None:
+    """Accuracy against the power exponent a (SFT arms with entropy weights), with CI bands."""
+    points = [(e["a"], e["splits"]["test"]) for e in results["arms"]
+              if e["weighting"] == "entropy" and e["mapping"] == "power" and e["splits"]["test"]["mean"] is not None]
+    if len({a for a, _ in points}) < 2:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points.sort(key=lambda p: p[0])
+    xs = [a for a, _ in points]
+    ys = [100 * c["mean"] for _, c in points]
+    ci = [0 if math.isnan(c["ci95"]) else 100 * c["ci95"] for _, c in points]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(xs, ys, marker="o", label="EAST (power mapping)")
+    ax.fill_between(xs, [y - c for y, c in zip(ys, ci)], [y + c for y, c in zip(ys, ci)], alpha=0.2)
+    vanilla = next((e for e in results["arms"] if e["weighting"] == "none" and e["loss"] == "sft"), None)
+    if vanilla and vanilla["splits"]["test"]["mean"] is not None:
+        ax.axhline(100 * vanilla["splits"]["test"]["mean"], color="grey", linestyle="--", label="vanilla SFT")
+    ax.set_xlabel("a (power exponent)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    atomic_savefig(fig, root / "figure3.png")
+    plt.close(fig)
+
+
+def figure5(root: Path, results: dict[str, Any]) -> None:
+    """Per-question (entropy, 1 - accuracy) coloured by rejection, and the three signals' accuracies."""
+    config = load_config(root)
+    stats_path = next((root / f"seed-{config.seeds[0]}" / e["arm"] / "stats.parquet" for e in results["arms"]
+                       if (root / f"seed-{config.seeds[0]}" / e["arm"] / "stats.parquet").exists()), None)
+    if stats_path is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = io.read_parquet(stats_path)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    points = left.scatter([s["entropy"] for s in stats], [1 - s["accuracy"] for s in stats],
+                          c=[s["rejection"] for s in stats], cmap="viridis", s=12)
+    fig.colorbar(points, ax=left, label="rejection R")
+    left.set_xlabel("entropy h (nats)")
+    left.set_ylabel("1 - accuracy")
+    bars = [(e["display"], e["splits"]["test"]) for e in results["arms"]
+            if e["weighting"] in ("none", "entropy", "accuracy", "rejection") and e["splits"]["test"]["mean"] is not None]
+    if bars:
+        right.barh([b[0] for b in bars], [100 * b[1]["mean"] for b in bars],
+                   xerr=[0 if math.isnan(b[1]["ci95"]) else 100 * b[1]["ci95"] for b in bars])
+        right.set_xlabel("test accuracy (%)")
+    fig.tight_layout()
+    atomic_savefig(fig, root / "figure5.png")
+    plt.close(fig)
+
+
+def atomic_savefig(fig, path: Path) -> None:
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)

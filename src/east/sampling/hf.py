@@ -1,0 +1,712 @@
+"""Sampling with a Hugging Face causal LM: n completions per prompt, continuously batched.
+
+    from east.sampling.hf import sample
+    gens = sample(model, tokenizer, prompts, n=16, temperature=1.0, max_new_tokens=128, seed=0,
+                  stop=["\\n\\nQuestion:"], progress=True, on_done=lambda i, g: write_shard(i, g))
+
+How it spends the machine (sampling dominates the cost of a self-training iteration):
+
+- every prompt is prefilled once, and its KV cache is copied into the n batch slots of its samples;
+- the KV cache is one preallocated tensor per layer ("slots" x columns), fed to the model through the
+  `transformers` Cache API, so decoding writes one column per step instead of re-concatenating the cache;
+- a slot whose sample ends (EOS, stop string, `max_new_tokens`) is refilled from the queue of prompts at
+  once (continuous batching), so a long tail does not keep a mostly finished batch busy; once the queue
+  is empty the batch is compacted to its live rows;
+- prompts are scheduled longest first, so prefill batches have similar lengths and long prompts do not
+  end up alone in the tail;
+- the number of slots comes from `token_budget` (slots x (longest prompt + max_new_tokens) cached tokens);
+- the random draw of a sample at step t is a hash of (seed, prompt index, sample index, t), so the output
+  depends on the seed but not on which other samples happened to share the batch.
+
+Models whose attention is not plain full attention through `sdpa`/`eager` (sliding windows, flex attention,
+recurrent layers) fall back to a simpler loop over padded batches with the model's own DynamicCache.
+Both paths share the token picking, stop handling and decoding, and honour the same arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from east.sampling import Generation, cut_at_stop
+
+# Cached tokens (slots x row length) of the decode batch. 64k tokens is ~256 MB of fp32 KV for a
+# 1M-parameter backbone and ~2 GB for a 30M model; on CPU throughput is flat well below that.
+DEFAULT_TOKEN_BUDGET = 65536
+# Tokens per prefill forward: enough rows to keep the matmuls efficient, few enough to bound the
+# (rows x heads x width x width) attention scores.
+PREFILL_TOKENS = 8192
+# Refill the batch once this share of slots is free (or the queue fits): each admission is one
+# extra forward call, so refilling every single freed slot would cost more than idle slots do.
+REFILL_SHARE = 1 / 16
+# First width (columns) of the generated part of the KV cache; it doubles as samples grow.
+INITIAL_OWN_COLUMNS = 16
+# Once the queue is empty, drop finished rows when they are at least this share of the batch.
+COMPACT_SHARE = 1 / 4
+
+OnDone = Callable[[int, Generation], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    n: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+    seed: int
+    stop: tuple[str, ...]
+
+
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    n: int,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    max_new_tokens: int = 128,
+    seed: int = 0,
+    stop: list[str] | None = None,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    progress: bool = False,
+    on_done: OnDone | None = None,
+) -> list[Generation]:
+    """n samples for each prompt, in prompt order. `on_done(i, generation)` fires as prompt i completes.
+
+    temperature 0 is greedy decoding. Prompts are token strings already (chat template applied), so
+    they are tokenized without adding special tokens.
+    """
+    settings = checked_settings(n, temperature, top_p, top_k, max_new_tokens, seed, stop, token_budget)
+    if not prompts:
+        return []
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    if any(len(ids) == 0 for ids in prompt_ids):
+        raise ValueError("empty prompt: the model needs at least one token to condition on")
+    results = Results(len(prompt_ids), settings, tokenizer, eos_token_ids(model), progress, on_done)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if uses_slot_cache(model):
+                SlotBatcher(model, prompt_ids, settings, results, token_budget).run()
+            else:
+                run_padded_batches(model, prompt_ids, settings, results, token_budget, pad_token_id(tokenizer, results))
+    finally:
+        results.close()
+        model.train(was_training)
+    return results.generations()
+
+
+def checked_settings(n, temperature, top_p, top_k, max_new_tokens, seed, stop, token_budget) -> Settings:
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1, got {token_budget}")
+    return Settings(n, float(temperature), float(top_p), int(top_k), int(max_new_tokens), int(seed),
+                    tuple(s for s in (stop or ()) if s))
+
+
+def eos_token_ids(model) -> list[int]:
+    """The model's EOS ids, as `generate` finds them: generation_config (chat models list several there), then config.
+
+    The tokenizer's EOS is deliberately not consulted: a model whose configs name no EOS runs every sample
+    to `max_new_tokens`, as `generate` does.
+    """
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        ids = getattr(source, "eos_token_id", None)
+        if ids is not None:
+            return [ids] if isinstance(ids, int) else [int(i) for i in ids]
+    return []
+
+
+def pad_token_id(tokenizer, results: Results) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return results.eos_ids[0] if results.eos_ids else 0
+
+
+def uses_slot_cache(model) -> bool:
+    """Whether the model is plain full attention that takes a 4D mask and a custom Cache (Llama, Qwen2, Mistral, ...)."""
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return all(t == "full_attention" for t in layer_types)
+    # Older configs mark sliding windows with `sliding_window` (+ `use_sliding_window` for Qwen2).
+    return getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", True) is False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Token picking: temperature, top-k, top-p (HF's order), and a counter-based random draw per row.
+
+_MASK32 = 0xFFFFFFFF
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (Wellons' lowbias32 family) on int64 tensors holding values < 2**32.
+
+    The multipliers are below 2**31 so every product stays below 2**63: no signed overflow.
+    """
+    x = x ^ (x >> 16)
+    x = (x * 0x21F0AAAD) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x735A2D97) & _MASK32
+    return x ^ (x >> 15)
+
+
+def row_keys(seed: int, prompt_index: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
+    """One random stream key per (seed, prompt, sample)."""
+    seed_key = mix32(torch.tensor(seed & _MASK32, dtype=torch.int64) ^ mix32(torch.tensor(seed >> 32, dtype=torch.int64) & _MASK32))
+    return mix32(mix32(seed_key ^ (prompt_index & _MASK32)) ^ (sample_index & _MASK32))
+
+
+def uniforms(keys: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """A float64 in (0, 1) per row for draw number `step` of the row's stream."""
+    h = mix32(mix32(keys ^ (step & _MASK32)) ^ 0x5BD1E995)
+    return (h.to(torch.float64) + 0.5) / 2.0**32
+
+
+def pick_tokens(logits: torch.Tensor, u: torch.Tensor, settings: Settings) -> torch.Tensor:
+    """Next token per row from (rows, vocab) logits: greedy at temperature 0, else inverse-CDF sampling with `u`."""
+    logits = logits.float()
+    if settings.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / settings.temperature
+    vocab = logits.shape[-1]
+    if 0 < settings.top_k < vocab:
+        kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if settings.top_p < 1:
+        # Sorted descending, a token stays while the mass strictly above it is below top_p
+        # (HF's TopPLogitsWarper written from the other end), so the top token always stays.
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        above = torch.cumsum(probs, dim=-1) - probs
+        probs = probs.masked_fill(above >= settings.top_p, 0.0)
+        return order.gather(1, inverse_cdf(probs, u)[:, None]).squeeze(1)
+    probs = torch.softmax(logits, dim=-1)
+    return inverse_cdf(probs, u)
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index i with cdf[i-1] < u * total <= cdf[i]; zero-probability tokens are never chosen since u > 0."""
+    cdf = torch.cumsum(probs.to(torch.float64), dim=-1)
+    target = (u * cdf[:, -1]).unsqueeze(1)
+    return torch.searchsorted(cdf, target).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ends of samples and the results.
+
+
+class Results:
+    """Collects finished samples, decodes them, and reports each prompt when its n samples are in."""
+
+    def __init__(self, num_prompts, settings: Settings, tokenizer, eos_ids, progress: bool, on_done):
+        self.settings, self.tokenizer, self.on_done = settings, tokenizer, on_done
+        self.eos_ids = eos_ids
+        self.eos_tensor = torch.tensor(eos_ids or [-1], dtype=torch.int64)
+        n = settings.n
+        self.texts = [[""] * n for _ in range(num_prompts)]
+        self.num_tokens = [[0] * n for _ in range(num_prompts)]
+        self.finished = [[False] * n for _ in range(num_prompts)]
+        self.missing = [n] * num_prompts
+        self.stop_tokens = stop_candidate_table(tokenizer, settings.stop) if settings.stop else None
+        self.bar = progress_bar(num_prompts * n) if progress else None
+
+    def ends(self, tokens: torch.Tensor, new: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(done, finished) for rows whose latest token is `new`; `tokens[:, :length]` are their tokens so far."""
+        finished = torch.isin(new, self.eos_tensor)
+        if self.stop_tokens is not None:
+            if int(new.max()) >= len(self.stop_tokens):  # model vocab padded beyond the tokenizer: those ids decode to ""
+                grow = int(new.max()) + 1 - len(self.stop_tokens)
+                self.stop_tokens = torch.cat([self.stop_tokens, torch.zeros(grow, dtype=torch.bool)])
+            # Decoding is per-row Python work, so only rows whose new token could complete a stop string pay it.
+            candidates = (self.stop_tokens[new] & ~finished).nonzero().flatten().tolist()
+            if candidates:
+                texts = self.tokenizer.batch_decode(
+                    [tokens[r, : int(length[r])].tolist() for r in candidates], skip_special_tokens=True
+                )
+                hits = [r for r, text in zip(candidates, texts) if cut_at_stop(text, list(self.settings.stop))[1]]
+                if hits:
+                    finished[torch.tensor(hits)] = True
+        done = finished | (length >= self.settings.max_new_tokens)
+        return done, finished
+
+    def add(self, prompt_index: list[int], sample_index: list[int], token_lists: list[list[int]], finished: list[bool]) -> None:
+        """Record finished samples (token lists include the EOS / stop-completing token)."""
+        eos = set(self.eos_ids)
+        bodies = [ids[:-1] if ids and ids[-1] in eos else ids for ids in token_lists]
+        texts = self.tokenizer.batch_decode(bodies, skip_special_tokens=True)
+        for i, j, ids, text, fin in zip(prompt_index, sample_index, token_lists, texts, finished):
+            self.texts[i][j] = cut_at_stop(text, list(self.settings.stop))[0]
+            self.num_tokens[i][j] = len(ids)
+            self.finished[i][j] = fin
+            self.missing[i] -= 1
+            if self.missing[i] == 0 and self.on_done is not None:
+                self.on_done(i, self.generation(i))
+        if self.bar is not None:
+            self.bar.update(len(token_lists))
+
+    def generation(self, i: int) -> Generation:
+        return Generation(list(self.texts[i]), list(self.num_tokens[i]), list(self.finished[i]))
+
+    def generations(self) -> list[Generation]:
+        incomplete = [i for i, m in enumerate(self.missing) if m]
+        if incomplete:
+            raise RuntimeError(f"sampling ended with prompts {incomplete[:5]} incomplete")
+        return [self.generation(i) for i in range(len(self.missing))]
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def stop_candidate_table(tokenizer, stop: Sequence[str]) -> torch.Tensor:
+    """Per vocabulary id: could this token complete a stop string?
+
+    True when its text contains the last character of a stop string, or when it does not decode on its
+    own (byte pieces of a multi-byte character), so that the cheap check never misses a stop.
+    """
+    vocab = len(tokenizer)
+    pieces = tokenizer.batch_decode([[i] for i in range(vocab)], skip_special_tokens=False)
+    last_chars = {s[-1] for s in stop}
+    flags = [("\ufffd" in p) or any(c in p for c in last_chars) for p in pieces]
+    return torch.tensor(flags, dtype=torch.bool)
+
+
+def progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="sample", desc="sampling", dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fast path: slots over a preallocated KV cache.
+
+
+class SlotLayer(DynamicLayer):
+    """One layer's KV in two preallocated parts.
+
+    - prompt part, (prompt slots + 1, kv_heads, prompt_cols, head_dim): each prompt's KV once, right-aligned,
+      shared by its n samples (the last slot is a dummy that free rows point at);
+    - generated part, (row slots, kv_heads, columns, head_dim): column g holds generated token g; it
+      starts narrow and doubles when the longest live sample needs it (up to max_new_tokens), since
+      every step reads all of it.
+
+    `update` writes one generated column per row and returns the generated part; `slot_attention` reads
+    the prompt part through `ACTIVE_BATCH`. Reading each prompt's keys once per step for all its samples
+    (one matrix product per prompt instead of n matrix-vector products) cuts the memory traffic that
+    bounds decoding on CPU; and whole contiguous buffers read about twice as fast as column slices.
+    """
+
+    def __init__(self, prompt_keys, prompt_values, keys, values, plan: DecodePlan):
+        super().__init__()
+        self.prompt_keys, self.prompt_values = prompt_keys, prompt_values
+        self.keys, self.values, self.plan = keys, values, plan
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        plan = self.plan
+        self.keys[plan.rows, :, plan.write_col] = key_states[:, :, 0]
+        self.values[plan.rows, :, plan.write_col] = value_states[:, :, 0]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.prompt_keys.shape[2] + self.keys.shape[2]
+
+    def widen(self, columns: int) -> None:
+        """Grow the generated part to `columns` columns, keeping its contents."""
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros(old.shape[0], old.shape[1], columns, old.shape[3])
+            new[:, :, : old.shape[2]] = old
+            setattr(self, name, new)
+
+
+@dataclass
+class DecodePlan:
+    """Per decode step: where each row writes, which prompt slot and sample it is, and the prompt mask."""
+
+    rows: torch.Tensor
+    write_col: torch.Tensor
+    prompt_slot: torch.Tensor | None = None
+    sample: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
+    samples_per_prompt: int = 1
+
+
+class SlotCache(Cache):
+    def __init__(self, layers: list[SlotLayer]):
+        super().__init__(layers=layers)
+
+
+SLOT_ATTENTION = "east_slot_attention"
+ACTIVE_BATCH: ContextVar[SlotCache | None] = ContextVar("east_active_slot_cache", default=None)
+
+
+def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention of one new token per row over its prompt (shared per prompt) and its generated tokens.
+
+    Queries are grouped by prompt slot and sample, so the prompt part is one batched matrix product per
+    (prompt, kv head); key/value heads serve their query-head groups by reshaping the queries (GQA)
+    rather than repeating keys. Prefill (several query tokens) goes to transformers' sdpa.
+    """
+    cache = ACTIVE_BATCH.get()
+    if cache is None or attention_mask.dtype == torch.bool:  # prefill
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    layer, plan = cache.layers[module.layer_idx], cache.layers[module.layer_idx].plan
+    rows, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    n = plan.samples_per_prompt
+    prompt_slots, _, prompt_cols, _ = layer.prompt_keys.shape
+    q = query.reshape(rows, kv_heads, group, dim) * (dim**-0.5 if scaling is None else scaling)
+
+    def by_prompt(x: torch.Tensor) -> torch.Tensor:  # (rows, kv, group, c) -> (prompt slots, kv, n * group, c)
+        grouped = x.new_zeros(prompt_slots, n, kv_heads, group, x.shape[-1])
+        grouped[plan.prompt_slot, plan.sample] = x
+        return grouped.transpose(1, 2).reshape(prompt_slots, kv_heads, n * group, x.shape[-1])
+
+    def by_row(x: torch.Tensor) -> torch.Tensor:  # inverse of by_prompt
+        return x.view(prompt_slots, kv_heads, n, group, x.shape[-1])[plan.prompt_slot, :, plan.sample]
+
+    prompt_scores = by_row(torch.matmul(by_prompt(q), layer.prompt_keys.transpose(2, 3)))
+    own_scores = torch.matmul(q, key.transpose(2, 3))
+    scores = torch.cat([prompt_scores + plan.prompt_mask, own_scores + attention_mask], dim=-1)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    out = by_row(torch.matmul(by_prompt(probs[..., :prompt_cols]), layer.prompt_values))
+    out = out + torch.matmul(probs[..., prompt_cols:], value)
+    return out.reshape(rows, 1, heads, dim), None
+
+
+AttentionInterface.register(SLOT_ATTENTION, slot_attention)
+
+
+@contextmanager
+def slot_attention_for(model, cache: SlotCache | None) -> Iterator[None]:
+    """Run the model with `slot_attention` (over `cache` when decoding; as sdpa with a boolean mask when
+    prefilling), restoring its attention implementation after."""
+    config = model.config
+    original = config._attn_implementation
+    config._attn_implementation = SLOT_ATTENTION
+    token = ACTIVE_BATCH.set(cache)
+    try:
+        yield
+    finally:
+        ACTIVE_BATCH.reset(token)
+        config._attn_implementation = original
+
+
+class SlotBatcher:
+    """Continuous batching over the prompt queue on a slot KV cache (see `SlotLayer` for the layout).
+
+    Rows (samples) and prompt slots are allocated separately: a prompt holds its slot until all its n
+    samples have ended, and a free row takes the next sample of the queue as soon as a refill happens.
+    """
+
+    def __init__(self, model, prompt_ids: list[list[int]], settings: Settings, results: Results, token_budget: int):
+        self.model, self.prompt_ids, self.settings, self.results = model, prompt_ids, settings, results
+        n = settings.n
+        self.prompt_cols = max(len(ids) for ids in prompt_ids)
+        self.slots = max(1, min(token_budget // (self.prompt_cols + settings.max_new_tokens), len(prompt_ids) * n))
+        # Enough prompt slots for several generations of prompts to overlap in the batch (a prompt keeps
+        # its slot while its last samples finish), without reading many idle prompt slots every step.
+        self.prompt_slots = min(len(prompt_ids), self.slots, 4 * -(-self.slots // n))
+        self.dummy_slot = self.prompt_slots  # where free rows point; never holds a prompt
+        self.takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        # Longest prompts first (ties in prompt order): similar lengths share a prefill, long ones start early.
+        self.queue = sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
+        self.next_prompt = 0  # position in self.queue
+        self.next_sample = 0  # samples of queue[next_prompt] already admitted
+        self.slot_of_prompt: dict[int, int] = {}
+        self.pending_logits: dict[int, torch.Tensor] = {}  # first-token logits of a partly admitted prompt
+        self.free_prompt_slots = list(range(self.prompt_slots))
+        self.samples_left = [0] * self.prompt_slots  # per prompt slot: samples not yet ended
+        self.cache: SlotCache | None = None
+        self.own_cols = min(INITIAL_OWN_COLUMNS, settings.max_new_tokens)  # current width of the generated part
+        self.plan = DecodePlan(rows=torch.arange(self.slots), write_col=torch.zeros(self.slots, dtype=torch.int64),
+                               samples_per_prompt=n)
+        s = self.slots
+        self.active = torch.zeros(s, dtype=torch.bool)
+        self.prompt_of = torch.zeros(s, dtype=torch.int64)
+        self.prompt_slot = torch.full((s,), self.dummy_slot, dtype=torch.int64)
+        self.sample_of = torch.zeros(s, dtype=torch.int64)
+        self.prompt_len = torch.ones(s, dtype=torch.int64)
+        self.generated = torch.ones(s, dtype=torch.int64)
+        self.keys = torch.zeros(s, dtype=torch.int64)
+        self.tokens = torch.zeros(s, settings.max_new_tokens, dtype=torch.int64)
+
+    # -- main loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            free = int((~self.active).sum())
+            waiting = self.rows_waiting()
+            refill = min(waiting, max(1, int(self.slots * REFILL_SHARE)))
+            if waiting and (free >= refill or not self.active.any()) and self.admit(free):
+                continue  # admitted rows may have ended on their first token
+            if not self.active.any():
+                return
+            self.decode_step()
+            if not waiting:
+                self.compact_if_sparse()
+
+    def rows_waiting(self) -> int:
+        remaining_prompts = len(self.queue) - self.next_prompt
+        return remaining_prompts * self.settings.n - self.next_sample
+
+    # -- admission ---------------------------------------------------------------------------------
+
+    def admit(self, free: int) -> bool:
+        """Fill up to `free` free rows with the next samples of the queue; False if no prompt slot was free."""
+        rows, new_prompts = self.take_from_queue(free)
+        if not rows:
+            return False
+        for p, kv, _ in (prefilled := self.prefill(new_prompts)):
+            if self.cache is None:
+                self.cache = self.allocate_cache(kv)
+            slot = self.slot_of_prompt[p]
+            for layer, (k, v) in zip(self.cache.layers, kv):
+                layer.prompt_keys[slot, :, self.prompt_cols - k.shape[2] :] = k[0]
+                layer.prompt_values[slot, :, self.prompt_cols - v.shape[2] :] = v[0]
+        first_logits = {p: logits for p, _, logits in prefilled} | self.pending_logits
+        slots = (~self.active).nonzero().flatten()[: len(rows)]
+        prompt_index = torch.tensor([p for p, _ in rows])
+        sample_index = torch.tensor([j for _, j in rows])
+        self.active[slots] = True
+        self.prompt_of[slots] = prompt_index
+        self.prompt_slot[slots] = torch.tensor([self.slot_of_prompt[p] for p, _ in rows])
+        self.sample_of[slots] = sample_index
+        self.prompt_len[slots] = torch.tensor([len(self.prompt_ids[p]) for p, _ in rows])
+        self.keys[slots] = row_keys(self.settings.seed, prompt_index, sample_index)
+        self.generated[slots] = 0
+        # The first token of every sample comes from its prompt's prefill logits; a partly admitted
+        # prompt keeps its logits until its last sample is admitted.
+        self.pending_logits = {p: lg for p, lg in first_logits.items() if self.next_sample and p == self.queue[self.next_prompt]}
+        self.append_tokens(slots, torch.cat([first_logits[p] for p, _ in rows]))
+        return True
+
+    def take_from_queue(self, count: int) -> tuple[list[tuple[int, int]], list[int]]:
+        """(rows as (prompt, sample) pairs, prompts that need a prefill), taking prompt slots for new prompts."""
+        rows, new_prompts = [], []
+        while len(rows) < count and self.next_prompt < len(self.queue):
+            p = self.queue[self.next_prompt]
+            if p not in self.slot_of_prompt:
+                if not self.free_prompt_slots:
+                    break
+                slot = self.free_prompt_slots.pop(0)
+                self.slot_of_prompt[p] = slot
+                self.samples_left[slot] = self.settings.n
+                new_prompts.append(p)
+            take = min(self.settings.n - self.next_sample, count - len(rows))
+            rows.extend((p, j) for j in range(self.next_sample, self.next_sample + take))
+            self.next_sample += take
+            if self.next_sample == self.settings.n:
+                self.next_prompt, self.next_sample = self.next_prompt + 1, 0
+        return rows, new_prompts
+
+    def prefill(self, prompts: list[int]) -> list[tuple[int, list, torch.Tensor]]:
+        """(prompt, per-layer (k, v) of shape (1, kv_heads, len, dim), last-position logits) per prompt."""
+        out = []
+        for chunk in chunks_by_tokens(prompts, [len(self.prompt_ids[p]) for p in prompts], PREFILL_TOKENS):
+            out.extend(self.prefill_chunk(chunk))
+        return out
+
+    def prefill_chunk(self, prompts: list[int]):
+        lengths = torch.tensor([len(self.prompt_ids[p]) for p in prompts])
+        width = int(lengths.max())
+        pad = width - lengths
+        ids = torch.zeros(len(prompts), width, dtype=torch.int64)
+        for r, p in enumerate(prompts):
+            ids[r, int(pad[r]) :] = torch.tensor(self.prompt_ids[p])
+        cols = torch.arange(width)
+        position_ids = (cols[None, :] - pad[:, None]).clamp(min=0)
+        # Left-padded; each padding query sees only itself, which keeps everything finite.
+        real = cols[None, None, :] >= pad[:, None, None]
+        causal = cols[None, :, None] >= cols[None, None, :]
+        mask = (causal & real) | torch.eye(width, dtype=torch.bool)[None]
+        cache = DynamicCache()
+        kwargs = {"logits_to_keep": 1} if self.takes_logits_to_keep else {}
+        with slot_attention_for(self.model, None):
+            out = self.model(input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids,
+                             past_key_values=cache, use_cache=True, **kwargs)
+        logits = out.logits[:, -1].float()
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return [(p, [(k[r : r + 1, :, int(pad[r]) :], v[r : r + 1, :, int(pad[r]) :]) for k, v in kv], logits[r : r + 1])
+                for r, p in enumerate(prompts)]
+
+    def allocate_cache(self, kv_example) -> SlotCache:
+        layers = []
+        for k, v in kv_example:
+            heads, dtype = k.shape[1], k.dtype
+            layers.append(SlotLayer(
+                torch.zeros(self.prompt_slots + 1, heads, self.prompt_cols, k.shape[3], dtype=dtype),
+                torch.zeros(self.prompt_slots + 1, heads, self.prompt_cols, v.shape[3], dtype=dtype),
+                torch.zeros(self.slots, heads, self.own_cols, k.shape[3], dtype=dtype),
+                torch.zeros(self.slots, heads, self.own_cols, v.shape[3], dtype=dtype),
+                self.plan,
+            ))
+        return SlotCache(layers)
+
+    # -- decoding ----------------------------------------------------------------------------------
+
+    def decode_step(self) -> None:
+        g = self.generated
+        needed = int(g.max())
+        if needed > self.own_cols:
+            self.own_cols = min(self.settings.max_new_tokens, max(needed, 2 * self.own_cols))
+            for layer in self.cache.layers:
+                layer.widen(self.own_cols)
+        plan, dtype = self.plan, self.model.dtype
+        last = self.tokens.gather(1, (g - 1).clamp(min=0)[:, None])
+        plan.rows = torch.arange(len(g))
+        plan.write_col = g - 1
+        plan.prompt_slot = self.prompt_slot
+        plan.sample = self.sample_of
+        low = torch.finfo(dtype).min
+        prompt_allowed = torch.arange(self.prompt_cols)[None, :] >= (self.prompt_cols - self.prompt_len)[:, None]
+        plan.prompt_mask = torch.zeros(prompt_allowed.shape, dtype=dtype).masked_fill_(~prompt_allowed, low)[:, None, None]
+        own_allowed = torch.arange(self.own_cols)[None, :] <= (g - 1)[:, None]
+        own_mask = torch.zeros(own_allowed.shape, dtype=dtype).masked_fill_(~own_allowed, low)[:, None, None]
+        with slot_attention_for(self.model, self.cache):
+            out = self.model(input_ids=last, attention_mask=own_mask, position_ids=(self.prompt_len + g - 1)[:, None],
+                             past_key_values=self.cache, use_cache=True)
+        live = self.active.nonzero().flatten()
+        self.append_tokens(live, out.logits[live, -1])
+
+    def append_tokens(self, slots: torch.Tensor, logits: torch.Tensor) -> None:
+        """Pick the next token of each slot from its logits, store it, and retire the slots that ended."""
+        if len(slots) == 0:
+            return
+        g = self.generated[slots]
+        new = pick_tokens(logits, uniforms(self.keys[slots], g), self.settings)
+        self.tokens[slots, g] = new
+        g = g + 1
+        self.generated[slots] = g
+        done, finished = self.results.ends(self.tokens[slots], new, g)
+        if done.any():
+            ended = slots[done]
+            lengths = g[done].tolist()
+            token_rows = self.tokens[ended].tolist()
+            self.results.add(self.prompt_of[ended].tolist(), self.sample_of[ended].tolist(),
+                             [t[:m] for t, m in zip(token_rows, lengths)], finished[done].tolist())
+            self.release(ended)
+
+    def release(self, ended: torch.Tensor) -> None:
+        """Free the rows of ended samples, and the prompt slots whose samples have all ended."""
+        for slot, p in zip(self.prompt_slot[ended].tolist(), self.prompt_of[ended].tolist()):
+            self.samples_left[slot] -= 1
+            if self.samples_left[slot] == 0:
+                self.free_prompt_slots.append(slot)
+                del self.slot_of_prompt[p]
+        self.active[ended] = False
+        self.generated[ended] = 1
+        self.prompt_len[ended] = 1
+        self.prompt_slot[ended] = self.dummy_slot
+        self.sample_of[ended] = 0
+
+    def compact_if_sparse(self) -> None:
+        """With no more work to admit, drop ended rows from the batch (and the cache) once they are many."""
+        live = self.active.nonzero().flatten()
+        if len(live) == 0 or len(live) > (1 - COMPACT_SHARE) * len(self.active):
+            return
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, live)
+            layer.values = layer.values.index_select(0, live)
+        for name in ("active", "prompt_of", "prompt_slot", "sample_of", "prompt_len", "generated", "keys", "tokens"):
+            setattr(self, name, getattr(self, name).index_select(0, live))
+
+
+def chunks_by_tokens(items: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive chunks whose padded size (rows x longest) stays within `budget` (at least one item each)."""
+    chunks, current, longest = [], [], 0
+    for item, length in zip(items, lengths):
+        if current and (len(current) + 1) * max(longest, length) > budget:
+            chunks.append(current)
+            current, longest = [], 0
+        current.append(item)
+        longest = max(longest, length)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fallback: padded batches with the model's own cache (any model `generate` can drive).
+
+
+def run_padded_batches(model, prompt_ids, settings: Settings, results: Results, token_budget: int, pad_id: int) -> None:
+    """Prompts in length order, in batches of whole prompts; each prompt prefilled once, then expanded to n rows."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
+    row_len = max(len(ids) for ids in prompt_ids) + settings.max_new_tokens
+    prompts_per_batch = max(1, token_budget // (row_len * settings.n))
+    for start in range(0, len(order), prompts_per_batch):
+        run_padded_batch(model, prompt_ids, order[start : start + prompts_per_batch], settings, results, pad_id)
+
+
+def run_padded_batch(model, prompt_ids, batch: list[int], settings: Settings, results: Results, pad_id: int) -> None:
+    n = settings.n
+    lengths = [len(prompt_ids[p]) for p in batch]
+    width = max(lengths)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros(len(batch), width, dtype=torch.int64)
+    for r, p in enumerate(batch):
+        ids[r, width - lengths[r] :] = torch.tensor(prompt_ids[p])
+        mask[r, width - lengths[r] :] = 1
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n)
+    logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
+    mask = mask.repeat_interleave(n, dim=0)
+    position = position_ids[:, -1].repeat_interleave(n) + 1
+    prompt_index = torch.tensor(batch).repeat_interleave(n)
+    sample_index = torch.arange(n).repeat(len(batch))
+    keys = row_keys(settings.seed, prompt_index, sample_index)
+    tokens = torch.zeros(len(keys), settings.max_new_tokens, dtype=torch.int64)
+    live = torch.arange(len(keys))  # batch row -> original row
+    for g in range(settings.max_new_tokens):
+        new = pick_tokens(logits, uniforms(keys[live], torch.full_like(live, g)), settings)
+        tokens[live, g] = new
+        done, finished = results.ends(tokens[live], new, torch.full_like(live, g + 1))
+        if done.any():
+            ended = live[done]
+            results.add(prompt_index[ended].tolist(), sample_index[ended].tolist(),
+                        [t[: g + 1] for t in tokens[ended].tolist()], finished[done].tolist())
+            keep = (~done).nonzero().flatten()
+            if len(keep) == 0:
+                return
+            cache.batch_select_indices(keep)
+            live, new, mask, position = live[keep], new[keep], mask[keep], position[keep]
+        mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype)], dim=1)
+        out = model(input_ids=new[:, None], attention_mask=mask, position_ids=position[:, None],
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1].float()
+        position = position + 1

@@ -1,0 +1,173 @@
+"""Questions of a split, for every task: the built-in `arith`, `gsm8k`, `math`, and any `jsonl` file.
+
+    from east.tasks.loaders import load_questions
+    questions = load_questions(config.task, "train")
+
+gsm8k / math / jsonl read a local JSONL or Parquet file, or a `datasets` hub id (which needs the
+network, so not here). Every path gives the same `Question` shape. A row with a missing field, an
+empty file or a gold answer that cannot be extracted is an error naming the file and line, unless
+`task.skip_bad_rows` is set, in which case such rows are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from east.errors import UserError
+from east.records import Question
+
+WARMUP_SIZE = 2000  # labelled arith examples available for few-shot prompts
+
+
+def load_questions(task, split: str) -> list[Question]:
+    """`task` is a `TaskConfig`; `split` is train, test, ood (arith only) or warmup (arith only)."""
+    if task.name == "arith":
+        return arith_questions(task, split)
+    path = {"train": task.train_path, "test": task.test_path}.get(split)
+    if path is None:
+        raise UserError(f"task.{split}_path is not set; give the {task.name} {split} split as a JSONL/Parquet file or hub id")
+    parse = {"gsm8k": gsm8k_question, "math": math_question, "jsonl": jsonl_parser(task)}[task.name]
+    questions, skipped = parse_rows(path, parse, prefix=f"{task.name}-{split}", hub_config=task.hub_config,
+                                    skip_bad=task.skip_bad_rows, split=split)
+    limit = task.train_size if split == "train" else task.test_size
+    if skipped:
+        print(f"{path}: skipped {skipped} row(s) without a usable question or gold answer")
+    return questions[:limit] if limit else questions
+
+
+def arith_questions(task, split: str) -> list[Question]:
+    from east.tasks.arith import make_questions
+
+    if split == "ood":
+        if task.ood_arith is None:
+            raise UserError("task.ood_arith is not set, so there is no out-of-domain split")
+        questions = make_questions("test", task.test_size or 300, task.ood_arith, seed=task.seed)
+        return [renamed(q, "ood") for q in questions]
+    size = {"train": task.train_size or 400, "test": task.test_size or 300, "warmup": WARMUP_SIZE}[split]
+    return make_questions(split, size, task.arith, seed=task.seed)
+
+
+def renamed(question: Question, split: str) -> Question:
+    return Question(question.question_id.replace("-test-", f"-{split}-"), question.question, question.gold,
+                    question.solution, {**question.meta, "split": split})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rows from files
+
+
+def rows_of(path: str, hub_config: str | None, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) pairs of a JSONL / Parquet file, or of a hub data set."""
+    file = Path(path)
+    if file.suffix in (".jsonl", ".json") and file.exists():
+        yield from jsonl_rows(file)
+    elif file.suffix == ".parquet" and file.exists():
+        import pyarrow.parquet as pq
+
+        for number, row in enumerate(pq.read_table(file).to_pylist(), 1):
+            yield number, row
+    elif file.suffix in (".jsonl", ".json", ".parquet"):
+        raise UserError(f"{path}: no such file")
+    else:
+        yield from hub_rows(path, hub_config, split)
+
+
+def jsonl_rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(file) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{file}:{number}: not valid JSON ({exc.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{file}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
+def hub_rows(hub_id: str, hub_config: str | None, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    import datasets
+
+    try:
+        data = datasets.load_dataset(hub_id, hub_config, split=split)
+    except Exception as exc:  # datasets raises many types for offline / missing data sets
+        raise UserError(f"{hub_id}: could not load split {split!r} from the hub ({type(exc).__name__}); "
+                        "give a local JSONL/Parquet file instead") from None
+    for number, row in enumerate(data, 1):
+        yield number, row
+
+
+class BadRow(ValueError):
+    """A row that cannot become a Question; the message says which field and why."""
+
+
+def parse_rows(path: str, parse: Callable[[dict[str, Any]], tuple[str, str, dict]], *, prefix: str,
+               hub_config: str | None, skip_bad: bool, split: str) -> tuple[list[Question], int]:
+    questions, seen, skipped = [], {}, 0
+    for number, row in rows_of(path, hub_config, split):
+        try:
+            text, gold, meta = parse(row)
+        except BadRow as exc:
+            if skip_bad:
+                skipped += 1
+                continue
+            raise UserError(f"{path}:{number}: {exc} (fix the row, or set task.skip_bad_rows=true to skip it)") from None
+        qid = str(row.get("question_id") or row.get("unique_id") or row.get("id") or f"{prefix}-{number:05d}")
+        if qid in seen:
+            raise UserError(f"{path}:{number}: duplicate question_id {qid!r} (first at line {seen[qid]}); ids must be unique")
+        seen[qid] = number
+        questions.append(Question(qid, text, gold, row.get("solution") or row.get("answer_text"), meta))
+    if not questions:
+        raise UserError(f"{path}: no questions found (empty file or every row skipped)")
+    return questions, skipped
+
+
+def text_field(row: dict[str, Any], name: str) -> str:
+    value = row.get(name)
+    if value is None:
+        raise BadRow(f"missing field {name!r} (fields present: {', '.join(sorted(row)) or 'none'})")
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise BadRow(f"field {name!r} should be text, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise BadRow(f"field {name!r} is empty")
+    return text
+
+
+def gsm8k_question(row: dict[str, Any]) -> tuple[str, str, dict]:
+    from east.grading import gold_from_gsm8k_answer
+
+    answer = text_field(row, "answer")
+    try:
+        gold = gold_from_gsm8k_answer(answer)
+    except ValueError:
+        raise BadRow("field 'answer' has no final answer after '####'") from None
+    return text_field(row, "question"), gold, {}
+
+
+def math_question(row: dict[str, Any]) -> tuple[str, str, dict]:
+    from east.grading import gold_from_math_solution
+
+    meta = {key: row[key] for key in ("level", "type", "subject") if row.get(key) is not None}
+    if "type" not in meta and "subject" in meta:
+        meta["type"] = meta["subject"]
+    if row.get("answer") not in (None, ""):
+        gold = str(row["answer"]).strip()  # MATH-500 style files carry the answer directly
+    else:
+        solution = text_field(row, "solution")
+        try:
+            gold = gold_from_math_solution(solution)
+        except ValueError:
+            raise BadRow("field 'solution' has no \\boxed{} answer") from None
+    return text_field(row, "problem"), gold, meta
+
+
+def jsonl_parser(task) -> Callable[[dict[str, Any]], tuple[str, str, dict]]:
+    def parse(row: dict[str, Any]) -> tuple[str, str, dict]:
+        return text_field(row, task.question_field), text_field(row, task.answer_field), {}
+
+    return parse

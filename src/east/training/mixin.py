@@ -1,0 +1,238 @@
+"""What the weighted SFT, DPO and KTO trainers share: the `weight` column's path from dataset to loss.
+
+Written against TRL 1.16.0 (pinned in pyproject.toml). The trainers in sft.py, dpo.py and kto.py combine
+`WeightedTrainerMixin` with the TRL trainer; this module is not used on its own.
+
+The path of a row weight:
+1. `require_weight_column` refuses a training set without a `weight` column (or with negative / non-finite weights).
+2. TRL's `_prepare_dataset` keeps unknown columns, and `_set_signature_columns_if_needed` adds `weight` to the
+   columns `remove_unused_columns` keeps.
+3. `WeightCollator` wraps TRL's collator: it takes `weight` out of each example before TRL's collator sees it and
+   adds it back to the batch as a float tensor. Collators built before the wrap (DPO/KTO
+   `precompute_ref_log_probs`, run inside TRL's `__init__`) never see a weight tensor at all.
+4. `compute_loss` pops `weight` from the batch before anything reaches TRL, so it never reaches `model.forward`.
+5. `PolicyTap` wraps the model handed to TRL's loss for one call and observes the one policy forward that scores
+   the batch (fused LM head, same `input_ids` tensor). There each trainer applies its weights: SFT scales the
+   per-token log-probs (the loss is linear in them); DPO/KTO stash per-row weights that a one-line patch of TRL's
+   final reduction uses (see `patch_trl_method`). Local weights (LW(P), LW(W)) are computed there too, under
+   no_grad, from the same forward's outputs, and multiply the row weight.
+6. `log` adds mean/min/max of the row weights (and local weights) seen since the last logging step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from east.training.local_weights import check_kind, pair_local_weights, row_local_weights
+
+WEIGHT = "weight"
+
+# Every per-token field the fused LM head can return. LW(W) needs `log_sum_sq_probs`, which TRL only requests for
+# WPO, so with lw_w the head is re-added asking for all of them (a small extra cost per token).
+ALL_FUSED_OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
+
+def column_names(dataset) -> list[str]:
+    names = getattr(dataset, "column_names", None)
+    if names is None:  # IterableDataset without known features
+        names = list(next(iter(dataset)).keys())
+    return list(names)
+
+
+def require_weight_column(dataset, name: str = "training") -> None:
+    """Refuse a dataset without a usable `weight` column, in one line."""
+    if dataset is None:
+        raise ValueError(f"the {name} set is required")
+    if WEIGHT not in column_names(dataset):
+        raise ValueError(
+            f"the {name} set has no `weight` column: weighted trainers need one float per row (use 1.0 for unweighted)"
+        )
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        check_weight_values(torch.as_tensor(dataset[WEIGHT], dtype=torch.float64), name)
+
+
+def check_weight_values(weights: torch.Tensor, name: str = "training") -> None:
+    if not torch.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(f"the {name} set's `weight` column must be finite and >= 0")
+
+
+class WeightCollator:
+    """Wraps a TRL collator: collates `weight` into a float tensor, hides it from the wrapped collator."""
+
+    def __init__(self, inner: Callable[[list[dict]], dict]):
+        self.inner = inner
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        weights = [example.get(WEIGHT) for example in examples]
+        batch = self.inner([{k: v for k, v in example.items() if k != WEIGHT} for example in examples])
+        if all(w is not None for w in weights):  # eval sets may come without weights: they weigh 1
+            batch[WEIGHT] = torch.tensor(weights, dtype=torch.float32)
+        return batch
+
+    def __getattr__(self, name: str):  # pad_token_id, max_length, ... of the TRL collator
+        if name == "inner":  # not set yet (unpickling in a dataloader worker): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class PolicyTap:
+    """Calls the model; on the policy's scoring forward (fused LM head, the batch's own input_ids) applies `hook`.
+
+    TRL's loss code also calls the model for KTO's KL completions and for `return_outputs` logits; those are told
+    apart by their `input_ids` tensor (a different object) or by having no `log_probs`, and pass through untouched.
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, hook: Callable[[Any], Any]):
+        self.model, self.input_ids, self.hook, self.fired = model, input_ids, hook, 0
+
+    def __call__(self, *args, **kwargs):
+        outputs = self.model(*args, **kwargs)
+        if kwargs.get("input_ids") is self.input_ids and getattr(outputs, "log_probs", None) is not None:
+            self.fired += 1
+            outputs = self.hook(outputs)
+        return outputs
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def check(self) -> None:
+        if self.fired != 1:
+            raise RuntimeError(
+                f"the policy forward was seen {self.fired} times instead of once: TRL's loss code changed "
+                "(written for trl 1.16.0); update east/training"
+            )
+
+
+def patch_trl_method(func: Callable, old: str, new: str) -> Callable:
+    """A copy of TRL method `func` with the one source fragment `old` replaced by `new`.
+
+    Used for the single line where DPO/KTO reduce per-row losses to the batch loss: TRL 1.16 computes the loss in
+    one monolithic `_compute_loss` with no hook, and copying ~300 lines to change one would drift silently. The
+    copy is compiled against TRL's own module globals and line numbers, so tracebacks point into TRL's file, and
+    it refuses to build unless `old` occurs exactly once.
+    """
+    source = textwrap.dedent(inspect.getsource(func))
+    if source.count(old) != 1:
+        raise RuntimeError(f"cannot find {old!r} once in {func.__qualname__}: TRL changed (written for trl 1.16.0)")
+    if func.__code__.co_freevars:
+        raise RuntimeError(f"{func.__qualname__} has a closure; it cannot be patched by source")
+    padding = "\n" * (func.__code__.co_firstlineno - 1)
+    module = compile(padding + source.replace(old, new), inspect.getsourcefile(func), "exec")
+    code = next(c for c in module.co_consts if isinstance(c, types.CodeType) and c.co_name == func.__name__)
+    patched = types.FunctionType(code, func.__globals__, func.__name__, func.__defaults__)
+    patched.__qualname__, patched.__doc__ = func.__qualname__, func.__doc__
+    return patched
+
+
+def base_model(model):
+    """The model TRL added the fused LM head to (the base model under a PEFT wrapper)."""
+    return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
+
+
+class WeightedTrainerMixin:
+    """Row weights (+ optional local weights) for a TRL trainer; see the module docstring.
+
+    Subclasses set `pairs` (DPO: rows come as [chosen..., rejected...], one weight per pair) and implement
+    `_apply_weights(outputs, weights)`, called on the policy's scoring forward with the final per-example weights.
+    """
+
+    pairs = False
+
+    def _east_before_init(self, train_dataset, local_weighting: str | None) -> None:
+        require_weight_column(train_dataset)
+        check_kind(local_weighting)
+        self.local_weighting = local_weighting
+        self._east_seen: dict[str, list[torch.Tensor]] = {"weight": [], "local_weight": []}
+        self._east_active: torch.Tensor | None = None
+
+    def _east_after_init(self) -> None:
+        self.data_collator = WeightCollator(self.data_collator)
+        if self.local_weighting == "lw_w":
+            from trl.trainer.utils import add_fused_lm_head
+
+            add_fused_lm_head(base_model(self.model), outputs=ALL_FUSED_OUTPUTS)
+
+    # --- columns and batches -------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if WEIGHT not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, WEIGHT]
+
+    def _east_pop_weight(self, inputs: dict[str, Any], rows: int) -> torch.Tensor:
+        """The batch's weights (ones if the batch has none, e.g. an eval set without them), removed from inputs."""
+        weight = inputs.pop(WEIGHT, None)
+        if weight is None:
+            return torch.ones(rows, dtype=torch.float32)
+        weight = weight.detach().float()
+        if weight.shape != (rows,):
+            raise ValueError(f"`weight` has shape {tuple(weight.shape)}, expected ({rows},)")
+        check_weight_values(weight, "batch")
+        return weight
+
+    # --- the policy forward --------------------------------------------------------------------------------
+
+    def _east_tap(self, model, inputs: dict[str, Any], row_weights: torch.Tensor) -> PolicyTap:
+        def hook(outputs):
+            weights = row_weights.to(outputs.log_probs.device)
+            local = self._east_local_weights(outputs)
+            self._east_record(row_weights, local)
+            if local is not None:
+                weights = weights * local.to(weights.device, weights.dtype)
+            return self._apply_weights(outputs, weights)
+
+        return PolicyTap(model, inputs["input_ids"], hook)
+
+    def _east_local_weights(self, outputs) -> torch.Tensor | None:
+        if self.local_weighting is None:
+            return None
+        local = pair_local_weights if self.pairs else row_local_weights
+        return local(self.local_weighting, outputs.log_probs.detach(), outputs.label_mask, outputs.log_sum_sq_probs)
+
+    def _apply_weights(self, outputs, weights: torch.Tensor):
+        raise NotImplementedError
+
+    # --- the reduction (DPO/KTO) ---------------------------------------------------------------------------
+
+    def _east_current(self) -> torch.Tensor:
+        # Set by the policy forward of this batch, cleared by compute_loss after the batch (DPO reads it once per
+        # loss type of a multi-loss `loss_type`).
+        if self._east_active is None:
+            raise RuntimeError("no weights for this batch: the policy forward was not observed")
+        return self._east_active
+
+    def _east_weighted_mean(self, per_row_loss: torch.Tensor) -> torch.Tensor:
+        """mean_i(w_i * loss_i): replaces TRL's `per_sequence_loss.mean()`."""
+        weights = self._east_current().to(per_row_loss.device, per_row_loss.dtype)
+        return (weights * per_row_loss).mean()
+
+    def _east_weighted_nanmean(self, per_row_loss: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Like TRL's `losses.nanmean()`, each row's loss times its weight; `order` maps loss rows to batch rows."""
+        weights = self._east_current().to(per_row_loss.device, per_row_loss.dtype)[order]
+        return (weights * per_row_loss).nanmean()
+
+    # --- metrics -------------------------------------------------------------------------------------------
+
+    def _east_record(self, row_weights: torch.Tensor, local: torch.Tensor | None) -> None:
+        if not self.model.training:
+            return
+        self._east_seen["weight"].append(row_weights.detach().float().cpu())
+        if local is not None:
+            self._east_seen["local_weight"].append(local.detach().float().cpu())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and "loss" in logs:
+            for name, seen in self._east_seen.items():
+                if seen:
+                    values = torch.cat(seen)
+                    logs[f"{name}/mean"] = values.mean().item()
+                    logs[f"{name}/min"] = values.min().item()
+                    logs[f"{name}/max"] = values.max().item()
+                    seen.clear()
+        super().log(logs, start_time)

@@ -1,0 +1,191 @@
+"""The one training entry point: `train(rows, model_path, out_dir, loss=...)` -> path of the trained model.
+
+Loads the model and tokenizer from `model_path`, builds TRL's config for the loss, trains the weighted trainer
+(east.training.sft / dpo / kto), and writes under `out_dir`:
+
+    out_dir/checkpoints/checkpoint-N/   Trainer checkpoints (only with save_steps), used by resume=True
+    out_dir/model/                      final model + tokenizer (save_pretrained), written atomically
+    out_dir/train_metrics.json          loss curve, weight stats, time, settings
+
+Called by the pipeline (one call per self-training iteration) as
+`east.training.train(rows, "path/to/model", "runs/it1/train", loss="dpo", beta=0.01, ...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DPOConfig, KTOConfig, SFTConfig
+
+from east.training.dpo import WeightedDPOTrainer
+from east.training.kto import WeightedKTOTrainer
+from east.training.local_weights import check_kind
+from east.training.sft import WeightedSFTTrainer
+
+Loss = Literal["sft", "dpo", "kto"]
+TRAINERS = {"sft": (WeightedSFTTrainer, SFTConfig), "dpo": (WeightedDPOTrainer, DPOConfig), "kto": (WeightedKTOTrainer, KTOConfig)}
+METRICS_FILE = "train_metrics.json"
+
+
+def train(
+    rows: Sequence[dict[str, Any]] | Dataset,
+    model_path: str | Path,
+    out_dir: str | Path,
+    *,
+    loss: Loss,
+    local_weighting: Literal["lw_p", "lw_w"] | None = None,
+    learning_rate: float,
+    num_train_epochs: float,
+    per_device_train_batch_size: int,
+    gradient_accumulation_steps: int = 1,
+    warmup_ratio: float = 0.1,
+    beta: float | None = None,
+    max_length: int | None = 1024,
+    seed: int = 0,
+    lora: dict[str, Any] | None = None,
+    save_steps: int | None = None,
+    resume: bool = False,
+    logging_steps: int = 10,
+) -> Path:
+    """Train on `rows` (selection.py's dicts with a `weight` column) and return `out_dir/model`.
+
+    beta: DPO/KTO temperature (None: TRL's default; refused for SFT). lora: peft.LoraConfig kwargs plus an optional
+    `merge` (default True: save the merged full model, loadable with from_pretrained like the input; False saves the
+    adapter only). resume: continue from the last checkpoint in out_dir/checkpoints (needs an earlier call with
+    save_steps); the same seed and settings give the same final weights as an uninterrupted run.
+    """
+    if loss not in TRAINERS:
+        raise ValueError(f"loss must be 'sft', 'dpo' or 'kto', got {loss!r}")
+    if beta is not None and loss == "sft":
+        raise ValueError("beta is a DPO/KTO setting; SFT has none")
+    if not 0 <= warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    check_kind(local_weighting)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    dtype, bf16 = training_dtype()
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=False)
+    dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows))
+    if loss == "kto":
+        # KTO samples sequentially (its KL pairs are built within fixed batches), so the shuffling happens here.
+        dataset = dataset.shuffle(seed=seed).flatten_indices()
+
+    trainer_cls, config_cls = TRAINERS[loss]
+    checkpoints = out_dir / "checkpoints"
+    config = config_cls(
+        output_dir=str(checkpoints),
+        learning_rate=learning_rate,
+        num_train_epochs=num_train_epochs,
+        per_device_train_batch_size=per_device_train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        warmup_steps=warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        max_length=max_length,
+        seed=seed,
+        bf16=bf16,
+        report_to="none",
+        gradient_checkpointing=False,
+        logging_steps=logging_steps,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        **({"beta": beta} if beta is not None else {}),
+    )
+    trainer = trainer_cls(
+        model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(lora),
+        local_weighting=local_weighting,
+    )
+    checkpoint = last_checkpoint(checkpoints) if resume else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    final = save_model(trainer, tokenizer, out_dir / "model", merge=(lora or {}).get("merge", True))
+    write_metrics(
+        out_dir / METRICS_FILE,
+        trainer,
+        train_runtime=result.metrics.get("train_runtime"),
+        wall_time=time.monotonic() - started,
+        resumed_from=checkpoint,
+        settings={
+            "loss": loss, "local_weighting": local_weighting, "model_path": str(model_path), "num_rows": len(dataset),
+            "learning_rate": learning_rate, "num_train_epochs": num_train_epochs,
+            "per_device_train_batch_size": per_device_train_batch_size,
+            "gradient_accumulation_steps": gradient_accumulation_steps, "warmup_ratio": warmup_ratio, "beta": beta,
+            "max_length": max_length, "seed": seed, "lora": lora, "dtype": str(dtype),
+        },
+    )
+    return final
+
+
+def training_dtype() -> tuple[torch.dtype, bool]:
+    """(model dtype, bf16 flag): bf16 on a CUDA device that supports it, float32 otherwise (CPU: bf16 fails)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16, True
+    return torch.float32, False
+
+
+def lora_config(lora: dict[str, Any] | None):
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    kwargs = {k: v for k, v in lora.items() if k != "merge"}
+    kwargs.setdefault("task_type", "CAUSAL_LM")
+    return LoraConfig(**kwargs)
+
+
+def last_checkpoint(checkpoints: Path) -> str | None:
+    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+
+
+def save_model(trainer, tokenizer, final: Path, merge: bool) -> Path:
+    """save_pretrained into a temp dir beside `final`, then swap it in, so `final` is never half written."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, final)
+    return final
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        dst.rename(old)  # rename, not delete, first: dst is complete at every moment but one rename
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_metrics(path: Path, trainer, **extra) -> None:
+    history = trainer.state.log_history
+    steps = [entry for entry in history if "loss" in entry]
+    metrics = {
+        "loss_curve": [{"step": e["step"], "loss": e["loss"]} for e in steps],
+        "weight_stats": [
+            {"step": e["step"], **{k: v for k, v in e.items() if k.startswith(("weight/", "local_weight/"))}}
+            for e in steps
+        ],
+        "global_step": trainer.state.global_step,
+        **extra,
+        "log_history": history,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(metrics, indent=2, default=str))
+    tmp.replace(path)

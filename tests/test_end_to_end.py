@@ -1,0 +1,90 @@
+"""`east run` through every stage on a tiny config, with the shipped backbone; then a rerun skips everything."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from east.cli import app
+
+runner = CliRunner()
+
+TINY = [
+    "name=tiny", "task.train_size=24", "task.test_size=16", "sampling.n=6", "sampling.max_new_tokens=48",
+    "sampling.shard_size=10", "evaluation.max_new_tokens=48", "train.epochs=1", "train.batch_size=8",
+    "train.sft.learning_rate=1e-4",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    result = runner.invoke(app, ["run", "configs/demo.yaml", "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_every_stage_leaves_its_artifact(tiny_run):
+    out, result = tiny_run
+    for path in ["config.yaml", "data/train.jsonl", "data/test.jsonl", "seed-0/samples.parquet", "seed-0/graded.parquet",
+                 "seed-0/sft/stats.parquet", "seed-0/sft/rows.parquet", "seed-0/sft/model/config.json",
+                 "seed-0/sft+east/eval-test.jsonl", "default/eval-test.json", "results.json", "results.md"]:
+        assert (out / path).exists(), path
+    assert len(list((out / "seed-0" / "shards").glob("*.parquet"))) == 3  # 24 questions / 10 per shard
+
+
+def test_results_table_has_default_and_both_arms(tiny_run):
+    out, result = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    assert [e["arm"] for e in results["arms"]] == ["sft", "sft+east"]
+    for entry in results["arms"]:
+        assert 0.0 <= entry["splits"]["test"]["mean"] <= 1.0
+    assert "SFT + EAST" in result.output and "default" in result.output
+
+
+def test_weights_have_mean_one_over_kept_questions(tiny_run):
+    from east import io
+
+    out, _ = tiny_run
+    vanilla = io.read_parquet(out / "seed-0" / "sft" / "stats.parquet")
+    east = io.read_parquet(out / "seed-0" / "sft+east" / "stats.parquet")
+    kept = [r for r in east if r["kept"]]
+    assert kept, "the tiny run kept no question"
+    assert sum(r["weight"] for r in kept) / len(kept) == pytest.approx(1.0)
+    assert {r["weight"] for r in vanilla if r["kept"]} == {1.0}
+    assert [r["kept"] for r in vanilla] == [r["kept"] for r in east]  # the same questions, different weights
+    rows = io.read_parquet(out / "seed-0" / "sft+east" / "rows.parquet")
+    weight_of = {r["question_id"]: r["weight"] for r in kept}
+    assert all(row["weight"] == pytest.approx(weight_of[row["question_id"]]) for row in rows)
+
+
+def test_rerun_skips_every_stage(tiny_run):
+    out, _ = tiny_run
+    result = runner.invoke(app, ["run", "configs/demo.yaml", "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "0 stage(s) run" in result.output
+
+
+def test_changed_arm_setting_redoes_only_that_arm(tiny_run):
+    out, _ = tiny_run
+    arms = "arms=[{name: sft}, {name: sft+east, weighting: entropy, a: 2.0}]"
+    result = runner.invoke(app, ["run", "configs/demo.yaml", "--out", str(out), *TINY, arms])
+    assert result.exit_code == 0, result.output
+    assert "redo seed-0/sft+east/weight: config changed: a 1.0 -> 2.0" in result.output.replace("\n", " ")
+    assert "skip seed-0/sft/train" in result.output.replace("\n", " ")
+
+
+def test_status_lists_finished_stages(tiny_run):
+    out, _ = tiny_run
+    result = runner.invoke(app, ["status", str(out)])
+    assert result.exit_code == 0
+    assert "seed-0/sample" in result.output
+
+
+def test_bad_config_key_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("# Launch: none\nsampling:\n  temprature: 0.5\n")
+    result = runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "unknown key 'sampling.temprature'" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,38 @@
+"""Evaluation metrics against hand-computed values."""
+
+from math import comb
+
+import pytest
+
+from east.evaluation import majority_correct, pass_at_k, summarise_rows
+from east.records import NO_ANSWER
+
+
+def test_pass_at_k_hand_values():
+    assert pass_at_k(4, 0, 1) == 0.0
+    assert pass_at_k(4, 4, 2) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - comb(3, 2) / comb(5, 2))  # 0.7
+    assert pass_at_k(3, 1, 3) == 1.0
+
+
+def test_pass_at_k_needs_enough_samples():
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_majority_ignores_no_answer_and_breaks_ties_by_first_seen():
+    keys = [NO_ANSWER, NO_ANSWER, NO_ANSWER, "4", "5", "5"]
+    assert majority_correct(keys, [False, False, False, False, True, True]) is True
+    assert majority_correct(["4", "5"], [True, False]) is True
+    assert majority_correct([NO_ANSWER], [False]) is False
+
+
+def test_summary_breaks_down_by_level():
+    rows = [{"correct": True, "status": "ok", "num_tokens": 3, "level": "Level 1"},
+            {"correct": False, "status": "no_answer", "num_tokens": 5, "level": "Level 1"},
+            {"correct": True, "status": "ok", "num_tokens": 4, "level": "Level 2"}]
+    summary = summarise_rows(rows)
+    assert summary["accuracy"] == pytest.approx(2 / 3)
+    assert summary["no_answer"] == 1
+    assert summary["accuracy_by_level"] == {"Level 1": 0.5, "Level 2": 1.0}

@@ -1,0 +1,53 @@
+"""The report: mean and 95% CI over seeds, paired differences to vanilla, table and figures from a run directory."""
+
+import math
+
+import pytest
+
+from east import io
+from east.config import dump_config, load_config
+from east.report import mean_ci, write_report
+
+
+def test_mean_ci_hand_values():
+    m, ci = mean_ci([0.5, 0.6, 0.7])
+    assert m == pytest.approx(0.6)
+    assert ci == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    m, ci = mean_ci([0.4])
+    assert m == 0.4 and math.isnan(ci)
+
+
+def fake_run(tmp_path, arms_override, accuracies):
+    config = load_config(None, ["name=fake", "seeds=[0, 1, 2]", arms_override])
+    (tmp_path / "config.yaml").write_text(dump_config(config))
+    io.write_json(tmp_path / "default" / "eval-test.json", {"accuracy": 0.40})
+    for (arm, seed), acc in accuracies.items():
+        io.write_json(tmp_path / f"seed-{seed}" / arm / "eval-test.json", {"accuracy": acc})
+    return config
+
+
+def test_table_has_paired_deltas_and_paper_order(tmp_path):
+    accuracies = {("sft", s): a for s, a in enumerate([0.50, 0.52, 0.54])}
+    accuracies |= {("east@1", s): a for s, a in enumerate([0.52, 0.55, 0.56])}
+    accuracies |= {("east@2", s): a for s, a in enumerate([0.49, 0.50, 0.55])}
+    fake_run(tmp_path, "arms=[{name: east, weighting: entropy, a: [2, 1]}, {name: sft}]", accuracies)
+    results = write_report(tmp_path)
+    arms = [e["arm"] for e in results["arms"]]
+    assert arms == ["sft", "east@1", "east@2"]  # vanilla first, then a ascending
+    east1 = results["arms"][1]["splits"]["test"]
+    assert east1["mean"] == pytest.approx((0.52 + 0.55 + 0.56) / 3)
+    delta = east1["delta_vs_vanilla"]
+    assert delta["mean"] == pytest.approx((0.02 + 0.03 + 0.02) / 3)
+    assert delta["n"] == 3
+    text = (tmp_path / "results.md").read_text()
+    assert "| default | 40.0 |" in text
+    assert "SFT + EAST (power, a=1)" in text
+    assert (tmp_path / "figure3.png").stat().st_size > 1000
+
+
+def test_missing_seeds_are_reported_not_invented(tmp_path):
+    fake_run(tmp_path, "arms=[{name: sft}]", {("sft", 0): 0.5})
+    results = write_report(tmp_path)
+    cell = results["arms"][0]["splits"]["test"]
+    assert cell["seeds_done"] == 1
+    assert cell["per_seed"] == {0: 0.5, 1: None, 2: None}
