@@ -79,14 +79,17 @@ def load_tokenizer():
         return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<|pad|>", eos_token="<|end|>")
 
 
-def build_prompts(count: int) -> list[str]:
-    """Word problems of 1 to 4 steps, so prompt lengths vary (about 30 to 100 characters)."""
-    steps = ["buys {} more", "gives away {}", "doubles them", "finds {} more"]
-    prompts = []
-    for i in range(count):
-        parts = [steps[(i + k) % 4].format(3 + (i * 7 + k) % 9) for k in range(1 + i % 4)]
-        prompts.append(f"Mia has {2 + i % 17} figs, " + ", then ".join(parts) + ". How many now?\nAnswer:")
-    return prompts
+def build_prompts(tokenizer, count: int) -> list[str]:
+    """The pipeline's prompts: arith questions (1 to 5 steps) in the backbone's chat template, 50-80 tokens."""
+    try:
+        from east.tasks.arith import make_questions
+        from east.tasks.prompts import render_prompt
+
+        return [render_prompt(tokenizer, q) for q in make_questions("train", count)]
+    except ImportError:  # a stand-in of similar lengths
+        steps = ["buys {} more", "gives away {}", "doubles them", "finds {} more"]
+        return [f"Mia has {2 + i % 17} figs, " + ", then ".join(steps[(i + k) % 4].format(3 + k) for k in range(1 + i % 4))
+                + ". How many now?\nAnswer:" for i in range(count)]
 
 
 def build_model(case: Case, tokenizer) -> LlamaForCausalLM:
@@ -227,7 +230,7 @@ def main() -> None:
     for case in cases(args.quick):
         model = build_model(case, tokenizer)
         params = sum(p.numel() for p in model.parameters())
-        prompts = build_prompts(case.prompts)
+        prompts = build_prompts(tokenizer, case.prompts)
         warm_up(model, tokenizer, prompts)
         base = run_generate(model, tokenizer, prompts, case)
         ours = run_ours(model, tokenizer, prompts, case)

@@ -42,6 +42,15 @@ def tiny_llama(vocab: int, *, seed: int = 0, eos: int = 2, attn: str = "sdpa") -
     return model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and competing for shared cores can slow them tenfold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return char_tokenizer()
@@ -89,6 +98,32 @@ def test_greedy_matches_generate(tok, path, token_budget, attn):
         assert gen.texts == [text, text]
         assert gen.num_tokens == [num, num]
         assert gen.finished == [fin, fin]
+
+
+def test_refills_slot_moves_and_compaction_keep_greedy_exact(tok, monkeypatch):
+    """Many prompts through 5 rows: prompt slots are freed out of order (and moved), the batch shrinks at the end."""
+    model = tiny_llama(len(tok))
+    prompts = PROMPTS + [p[::-1] for p in PROMPTS] + [p.upper().lower() + "7" for p in PROMPTS]
+    events = Counter()
+    free_prompt_slot, compact = hf.SlotBatcher.free_prompt_slot, hf.SlotBatcher.compact_if_sparse
+
+    def counting_free(self, slot):
+        events["moved" if slot != len(self.prompt_in_slot) - 1 else "last"] += 1
+        free_prompt_slot(self, slot)
+
+    def counting_compact(self):
+        rows = len(self.active)
+        compact(self)
+        events["compacted"] += len(self.active) < rows
+
+    monkeypatch.setattr(hf.SlotBatcher, "free_prompt_slot", counting_free)
+    monkeypatch.setattr(hf.SlotBatcher, "compact_if_sparse", counting_compact)
+    longest = max(len(p) for p in prompts)
+    gens = sample(model, tok, prompts, n=2, temperature=0, max_new_tokens=30, token_budget=5 * (longest + 30))
+    for prompt, gen in zip(prompts, gens):
+        text, num, fin = hf_text(tok, hf_greedy(model, tok, prompt, 30))
+        assert (gen.texts, gen.num_tokens, gen.finished) == ([text] * 2, [num] * 2, [fin] * 2)
+    assert events["moved"] > 0 and events["compacted"] > 0, events
 
 
 def test_greedy_covers_eos_and_max_tokens(tok, model):

@@ -39,8 +39,24 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False) -> None:
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and library logs.")] = False) -> None:
     state["verbose"] = verbose
+    if not verbose:
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and info logs drown the one line per stage that says what happened."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def guarded(fn):
@@ -133,7 +149,7 @@ def bootstrap(
 
     cfg = load_config(config) if config else load_config(None)
     start = time.time()
-    path = run_bootstrap(out, spec=cfg.task.arith, **cfg.bootstrap.model_dump())
+    path = run_bootstrap(out, **dict(cfg.bootstrap))
     console.print(f"backbone saved to {path} in {time.time() - start:.0f} s")
 
 

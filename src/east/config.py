@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from east.backbone.bootstrap import BootstrapSettings
 from east.dast import DastConfig
 from east.errors import UserError
 from east.tasks.arith import ArithSpec
@@ -63,17 +64,6 @@ class ModelConfig(Section):
     )
     trust_remote_code: bool = Field(False, description="Allow code from the model repository to run.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
-
-
-class BootstrapConfig(Section):
-    n_rows: int = Field(6000, ge=1, description="Warm-up SFT rows (labelled split).")
-    epochs: float = Field(2.0, gt=0)
-    learning_rate: float = Field(2e-3, gt=0)
-    hidden: int = Field(128, ge=8)
-    layers: int = Field(4, ge=1)
-    heads: int = Field(4, ge=1)
-    batch_size: int = Field(32, ge=1)
-    seed: int = 0
 
 
 class PromptConfig(Section):
@@ -189,9 +179,12 @@ def default_arms() -> list[ArmConfig]:
 class RunConfig(Section):
     name: str = Field("run", description="Run name; the default run directory is runs/<name>.")
     seeds: list[int] = Field(default_factory=lambda: [0], description="Each seed re-samples and re-trains every arm.")
+    iterations: int = Field(1, ge=1, description="Self-training iterations T: iteration t samples from the arm's model of t-1.")
+    train_from: Literal["previous", "base"] = Field(
+        "previous", description="Iteration t > 1 fine-tunes the previous model, or retrains the base model (ReST-EM).")
     task: TaskConfig = Field(default_factory=TaskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings, description="model.path: bootstrap trains the tiny backbone with these settings.")
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     grading: GradingConfig = Field(default_factory=GradingConfig)

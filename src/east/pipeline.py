@@ -237,10 +237,10 @@ def stage_bootstrap(run: Run) -> list[str]:
     out = run.root / "backbone"
 
     def build():
-        bootstrap(out, spec=run.config.task.arith, **cfg.model_dump())
+        bootstrap(out, **dict(cfg))
         return {"rows": cfg.n_rows}
 
-    run.stage("bootstrap", {"bootstrap": cfg.model_dump(mode="json"), "arith": run.config.task.arith.model_dump(mode="json")}, [], [out], build)
+    run.stage("bootstrap", cfg.model_dump(mode="json"), [], [out], build)
     return ["bootstrap"]
 
 
@@ -271,34 +271,80 @@ def shard_seed(seed: int, shard: int) -> int:
     return int(hashlib.sha256(f"{seed}:{shard}".encode()).hexdigest()[:8], 16)
 
 
-def stage_sample(run: Run, seed: int) -> None:
+@dataclass(frozen=True)
+class Cell:
+    """One (seed, arm, iteration). Iteration 1 of every arm shares the seed's samples of the base model;
+    iteration t > 1 samples from the arm's own model of iteration t - 1."""
+
+    seed: int
+    arm: ArmConfig | None = None  # None: the shared first-iteration samples
+    iteration: int = 1
+
+    @property
+    def shared(self) -> bool:
+        return self.iteration == 1
+
+    def samples_name(self) -> str:
+        if self.shared:
+            return f"seed-{self.seed}"
+        return f"seed-{self.seed}/{self.arm.label()}/iter-{self.iteration}"
+
+    def arm_name(self) -> str:
+        suffix = "" if self.iteration == 1 else f"/iter-{self.iteration}"
+        return f"seed-{self.seed}/{self.arm.label()}{suffix}"
+
+    def previous(self) -> Cell:
+        return Cell(self.seed, self.arm, self.iteration - 1)
+
+
+def samples_dir(run: Run, cell: Cell) -> Path:
+    return run.root / cell.samples_name()
+
+
+def arm_dir(run: Run, cell: Cell) -> Path:
+    return run.root / cell.arm_name()
+
+
+def policy(run: Run, cell: Cell) -> tuple[str, list[str]]:
+    """The model a cell samples from, and the stages that produced it."""
+    if cell.shared:
+        return model_path(run), base_dependencies(run)
+    prev = cell.previous()
+    return str(arm_dir(run, prev) / "model"), [f"{prev.arm_name()}/train"]
+
+
+def stage_sample(run: Run, cell: Cell) -> None:
     cfg = run.config.sampling
-    out = run.root / f"seed-{seed}" / "samples.parquet"
+    out = samples_dir(run, cell) / "samples.parquet"
     shard_dir = out.parent / "shards"
-    deps = ["questions"] + base_dependencies(run)
+    source, deps = policy(run, cell)
     key_config = {"sampling": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
-                  "model": run.config.model.model_dump(mode="json"), "seed": seed}
+                  "model": run.config.model.model_dump(mode="json"), "seed": cell.seed, "iteration": cell.iteration}
+    deps = ["questions", *deps]
 
     def build():
         questions = read_questions(questions_path(run, "train"))
-        model, tokenizer = load_model_and_tokenizer(run, model_path(run))
+        model, tokenizer = load_model_and_tokenizer(run, source)
         prompts = prompts_for(run, tokenizer, questions)
         shard_dir.mkdir(parents=True, exist_ok=True)
-        fingerprint = stage_key(key_config, {"questions": run.key_of("questions")})
+        # Shards carry the fingerprint of everything that determines them, so a changed setting never
+        # reuses a stale shard, and a resumed run keeps exactly the shards it finished.
+        fingerprint = stage_key(key_config, {d: run.key_of(d) for d in deps})
+        stale = [p for p in shard_dir.glob("shard-*.parquet") if not p.name.endswith(f"-{fingerprint}.parquet")]
+        for path in stale:
+            path.unlink()
         rows = []
         for index, start in enumerate(range(0, len(questions), cfg.shard_size)):
             shard_path = shard_dir / f"shard-{index:05d}-{fingerprint}.parquet"
             if shard_path.exists():
                 rows.extend(io.read_parquet(shard_path))
                 continue
-            batch_q = questions[start : start + cfg.shard_size]
+            batch = questions[start : start + cfg.shard_size]
             generations = generate(run, model, tokenizer, prompts[start : start + cfg.shard_size], cfg.n,
-                                   temperature=cfg.temperature, seed=shard_seed(seed, index),
+                                   temperature=cfg.temperature, seed=shard_seed(cell.seed * 1000 + cell.iteration, index),
                                    max_new_tokens=cfg.max_new_tokens, token_budget=cfg.token_budget)
-            shard_rows = [
-                SampleSet(q.question_id, p, g.texts, g.num_tokens, g.finished).to_dict()
-                for q, p, g in zip(batch_q, prompts[start:], generations)
-            ]
+            shard_rows = [SampleSet(q.question_id, p, g.texts, g.num_tokens, g.finished).to_dict()
+                          for q, p, g in zip(batch, prompts[start:], generations)]
             io.write_parquet(shard_path, shard_rows)
             rows.extend(shard_rows)
             run.log(f"  shard {index}: {len(rows)}/{len(questions)} questions sampled")
@@ -306,7 +352,7 @@ def stage_sample(run: Run, seed: int) -> None:
         tokens = sum(sum(r["num_tokens"]) for r in rows)
         return {"questions": len(rows), "samples": sum(len(r["responses"]) for r in rows), "tokens": tokens}
 
-    run.stage(f"seed-{seed}/sample", key_config, deps, [out], build)
+    run.stage(f"{cell.samples_name()}/sample", key_config, deps, [out], build)
 
 
 def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, temperature: float, seed: int,
@@ -321,68 +367,189 @@ def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, temperat
                   progress=console.is_terminal)
 
 
-def stage_grade(run: Run, seed: int) -> None:
+def grade_sets(run: Run, sample_sets: list[SampleSet], golds: dict[str, str]) -> tuple[list[GradedSet], dict]:
     from east.grading import grade_sample_sets
 
-    base = run.root / f"seed-{seed}"
+    return grade_sample_sets(sample_sets, golds, run.config.grading_kind(), timeout=run.config.grading.timeout,
+                             workers=run.config.grading.workers)
+
+
+def train_golds(run: Run) -> dict[str, str]:
+    return {q.question_id: q.gold for q in read_questions(questions_path(run, "train"))}
+
+
+def stage_grade(run: Run, cell: Cell) -> None:
+    base = samples_dir(run, cell)
     out = base / "graded.parquet"
 
     def build():
         sample_sets = [SampleSet.from_dict(r) for r in io.read_parquet(base / "samples.parquet")]
-        golds = {q.question_id: q.gold for q in read_questions(questions_path(run, "train"))}
-        graded, counts = grade_sample_sets(sample_sets, golds, run.config.grading_kind(),
-                                           timeout=run.config.grading.timeout, workers=run.config.grading.workers)
+        graded, counts = grade_sets(run, sample_sets, train_golds(run))
         io.write_parquet(out, [g.to_dict() for g in graded])
         return dict(counts)
 
     cfg = {"grading": run.config.grading.model_dump(mode="json"), "kind": run.config.grading_kind()}
-    run.stage(f"seed-{seed}/grade", cfg, [f"seed-{seed}/sample", "questions"], [out], build)
+    run.stage(f"{cell.samples_name()}/grade", cfg, [f"{cell.samples_name()}/sample", "questions"], [out], build)
 
 
 def read_graded(path: Path) -> list[GradedSet]:
     return [GradedSet.from_dict(r) for r in io.read_parquet(path)]
 
 
+# ----------------------------------------------------------------------------------------------------
+# DAST augmentation: more (DAST-P) or longer (DAST-L) correct responses for harder questions
+
+
+def augmented_name(cell: Cell, data: str) -> str:
+    return f"{cell.samples_name()}/{data}"
+
+
+def graded_input(run: Run, cell: Cell) -> tuple[Path, str]:
+    """The graded sets an arm trains from (augmented for DAST arms) and the stage that wrote them."""
+    if cell.arm.data == "vanilla":
+        return samples_dir(run, cell) / "graded.parquet", f"{cell.samples_name()}/grade"
+    return samples_dir(run, cell) / f"graded-{cell.arm.data}.parquet", augmented_name(cell, cell.arm.data)
+
+
+def levels_path(run: Run, cell: Cell, data: str) -> Path:
+    return samples_dir(run, cell) / f"levels-{data}.json"
+
+
+def greedy_verdicts(run: Run, model, tokenizer, questions: list[Question], prompts: list[str]) -> dict[str, bool]:
+    generations = generate(run, model, tokenizer, prompts, 1, temperature=0.0, seed=0,
+                           max_new_tokens=run.config.sampling.max_new_tokens, token_budget=run.config.sampling.token_budget)
+    sets = [SampleSet(q.question_id, p, g.texts, g.num_tokens, g.finished) for q, p, g in zip(questions, prompts, generations)]
+    graded, _ = grade_sets(run, sets, {q.question_id: q.gold for q in questions})
+    return {g.question_id: bool(g.correct[0]) for g in graded}
+
+
+def stage_augment(run: Run, cell: Cell) -> None:
+    """DAST-P / DAST-L data for a cell, shared by every arm of the cell that uses the same data."""
+    from east import dast
+
+    data = cell.arm.data
+    out, _ = graded_input(run, cell)
+    levels_out = levels_path(run, cell, data)
+    cfg = run.config.dast
+    source, deps = policy(run, cell)
+
+    def build():
+        graded = read_graded(samples_dir(run, cell) / "graded.parquet")
+        questions = {q.question_id: q for q in read_questions(questions_path(run, "train"))}
+        model, tokenizer = load_model_and_tokenizer(run, source)
+        greedy = None
+        if cfg.use_greedy:
+            qs = [questions[g.question_id] for g in graded]
+            greedy = greedy_verdicts(run, model, tokenizer, qs, [g.prompt for g in graded])
+        levels = dast.question_levels(graded, cfg, greedy)
+        if data == "dast_p":
+            merged, report = dast.dast_p_rounds(graded, cfg, sample_more_fn(run, cell, model, tokenizer, questions, graded), levels=levels)
+        else:
+            merged, report = dast_l_merge(run, cell, model, tokenizer, questions, graded, levels)
+        io.write_parquet(out, [g.to_dict() for g in merged])
+        io.write_json(levels_out, {"levels": levels, "histogram": dast.level_histogram(levels), "report": report})
+        return {"histogram": dast.level_histogram(levels), "report": report}
+
+    config = {"dast": cfg.model_dump(mode="json"), "data": data, "sampling": run.config.sampling.model_dump(mode="json"),
+              "seed": cell.seed, "iteration": cell.iteration}
+    run.stage(augmented_name(cell, data), config, [f"{cell.samples_name()}/grade", "questions", *deps], [out, levels_out], build)
+
+
+def sample_more_fn(run: Run, cell: Cell, model, tokenizer, questions: dict[str, Question], graded: list[GradedSet]):
+    prompts = {g.question_id: g.prompt for g in graded}  # the exact first-round prompts
+    golds = {qid: q.gold for qid, q in questions.items()}
+
+    def sample_more(ids: list[str], n: int, round_index: int) -> list[GradedSet]:
+        generations = generate(run, model, tokenizer, [prompts[i] for i in ids], n,
+                               temperature=run.config.sampling.temperature,
+                               seed=shard_seed(cell.seed * 1000 + cell.iteration, 1_000_000 + round_index),
+                               max_new_tokens=run.config.sampling.max_new_tokens,
+                               token_budget=run.config.sampling.token_budget)
+        sets = [SampleSet(i, prompts[i], g.texts, g.num_tokens, g.finished) for i, g in zip(ids, generations)]
+        return grade_sets(run, sets, golds)[0]
+
+    return sample_more
+
+
+def dast_l_merge(run: Run, cell: Cell, model, tokenizer, questions, graded, levels):
+    from east import dast
+    from east.tasks.loaders import load_questions
+    from east.tasks.prompts import render_prompt
+
+    cfg = run.config.dast
+    if run.config.task.name != "arith":
+        raise UserError("DAST-L needs labelled worked examples; only the built-in arith task has them so far")
+    pool = [q for q in load_questions(run.config.task, "warmup") if q.solution]
+    shots = dast.long_few_shot_examples(pool, cfg.few_shot, seed=0)
+    ids = dast.long_prompt_questions(levels, cfg)
+    long_sets: list[SampleSet] = []
+    if ids:
+        prompts = [render_prompt(tokenizer, questions[i], run.config.prompt.system, shots) for i in ids]
+        generations = generate(run, model, tokenizer, prompts, cfg.n_long, temperature=run.config.sampling.temperature,
+                               seed=shard_seed(cell.seed * 1000 + cell.iteration, 2_000_000),
+                               max_new_tokens=run.config.sampling.max_new_tokens, token_budget=run.config.sampling.token_budget)
+        long_sets = [SampleSet(i, p, g.texts, g.num_tokens, g.finished) for i, p, g in zip(ids, prompts, generations)]
+        io.write_parquet(samples_dir(run, cell) / "samples-dast_l.parquet", [s.to_dict() for s in long_sets])
+    graded_long = grade_sets(run, long_sets, {i: questions[i].gold for i in ids})[0] if long_sets else []
+    merged = dast.merge_long(graded, graded_long, levels, cfg)
+    return merged, {"long_questions": len(ids), "few_shot_steps": [q.meta.get("steps") for q in shots],
+                    "lengths": dast.length_report(graded, merged, levels)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-arm stages
+
+
 def weighting_args(run: Run, arm: ArmConfig) -> dict[str, Any]:
-    """Arguments of `question_stats`: the arm's signal and mapping, or uniform for vanilla and local arms."""
+    """Arguments of `question_stats`: the arm's signal and mapping, or uniform for vanilla and local arms.
+
+    DAST arms keep all-correct questions (they get base_target rows), see east.dast."""
+    keep_all_correct = run.config.filter.keep_all_correct or arm.data != "vanilla"
+    common = {"epsilon": run.config.filter.epsilon, "keep_all_correct": keep_all_correct}
     if arm.weighting in GLOBAL_WEIGHTINGS:
-        return {"signal": arm.weighting, "mapping": arm.mapping, "a": float(arm.a), "linear_range": arm.linear_range,
-                "epsilon": run.config.filter.epsilon, "keep_all_correct": run.config.filter.keep_all_correct}
-    return {"signal": "entropy", "mapping": "uniform", "a": 1.0, "linear_range": None,
-            "epsilon": run.config.filter.epsilon, "keep_all_correct": run.config.filter.keep_all_correct}
+        return {"signal": arm.weighting, "mapping": arm.mapping, "a": float(arm.a), "linear_range": arm.linear_range, **common}
+    return {"signal": "entropy", "mapping": "uniform", "a": 1.0, "linear_range": None, **common}
 
 
-def stage_weight(run: Run, seed: int, arm: ArmConfig) -> None:
+def stage_weight(run: Run, cell: Cell) -> None:
     from east.weighting import question_stats, summarise
 
-    base = run.root / f"seed-{seed}"
-    out = base / arm.label() / "stats.parquet"
-    args = weighting_args(run, arm)
+    out = arm_dir(run, cell) / "stats.parquet"
+    graded_path, graded_stage = graded_input(run, cell)
+    args = weighting_args(run, cell.arm)
 
     def build():
         try:
-            stats = question_stats(read_graded(base / "graded.parquet"), **args)
+            stats = question_stats(read_graded(graded_path), **args)
         except ValueError as exc:
-            raise UserError(f"arm {arm.label()}: {exc}") from None
+            raise UserError(f"arm {cell.arm.label()}: {exc}") from None
         io.write_parquet(out, [s.to_dict() for s in stats])
         return summarise(stats)
 
-    run.stage(f"seed-{seed}/{arm.label()}/weight", args, [f"seed-{seed}/grade"], [out], build)
+    run.stage(f"{cell.arm_name()}/weight", args, [graded_stage], [out], build)
 
 
-def stage_select(run: Run, seed: int, arm: ArmConfig) -> None:
-    from east import selection
+def stage_select(run: Run, cell: Cell) -> None:
+    from east import dast, selection
 
-    base = run.root / f"seed-{seed}"
-    arm_dir = base / arm.label()
-    out = arm_dir / "rows.parquet"
+    arm = cell.arm
+    directory = arm_dir(run, cell)
+    out = directory / "rows.parquet"
     cfg = run.config.selection
+    graded_path, graded_stage = graded_input(run, cell)
+    seed = cell.seed * 1000 + cell.iteration - 1  # iteration 1 keeps the plain seed
 
     def build():
-        graded = read_graded(base / "graded.parquet")
-        stats = [QuestionStats.from_dict(r) for r in io.read_parquet(arm_dir / "stats.parquet")]
+        graded = read_graded(graded_path)
+        stats = [QuestionStats.from_dict(r) for r in io.read_parquet(directory / "stats.parquet")]
         counts: dict[str, Any] = {}
-        if arm.loss == "sft":
+        if arm.data == "dast_p":
+            levels = io.read_json(levels_path(run, cell, "dast_p"))["levels"]
+            if arm.loss == "sft":
+                rows = dast.dast_p_sft_rows(graded, stats, levels, run.config.dast, seed=seed, boxed_only=cfg.boxed_only)
+            else:
+                rows, counts = dast.dast_p_dpo_rows(graded, stats, levels, run.config.dast, seed=seed, boxed_only=cfg.boxed_only)
+        elif arm.loss == "sft":
             rows = selection.sft_rows(graded, stats, mode=cfg.mode, seed=seed, boxed_only=cfg.boxed_only)
         elif arm.loss == "dpo":
             rows, counts = selection.dpo_rows(graded, stats, pairs_per_question=cfg.pairs_per_question, seed=seed,
@@ -395,17 +562,24 @@ def stage_select(run: Run, seed: int, arm: ArmConfig) -> None:
         io.write_parquet(out, rows)
         return {"rows": len(rows), **counts}
 
-    run.stage(f"seed-{seed}/{arm.label()}/select", {"selection": cfg.model_dump(mode="json"), "loss": arm.loss, "seed": seed},
-              [f"seed-{seed}/grade", f"seed-{seed}/{arm.label()}/weight"], [out], build)
+    config = {"selection": cfg.model_dump(mode="json"), "loss": arm.loss, "data": arm.data, "seed": seed}
+    if arm.data == "dast_p":
+        config["dast"] = run.config.dast.model_dump(mode="json")
+    run.stage(f"{cell.arm_name()}/select", config, [graded_stage, f"{cell.arm_name()}/weight"], [out], build)
 
 
-def stage_train(run: Run, seed: int, arm: ArmConfig) -> None:
+def stage_train(run: Run, cell: Cell) -> None:
     from east.training import train
 
-    arm_dir = run.root / f"seed-{seed}" / arm.label()
-    out = arm_dir / "model"
+    arm = cell.arm
+    directory = arm_dir(run, cell)
+    out = directory / "model"
     cfg = run.config.train
     hyper = getattr(cfg, arm.loss)
+    if cell.shared or run.config.train_from == "base":
+        start, deps = model_path(run), base_dependencies(run)
+    else:
+        start, deps = policy(run, cell)
     args = {
         "loss": arm.loss,
         "local_weighting": arm.weighting if arm.weighting in LOCAL_WEIGHTINGS else None,
@@ -417,19 +591,21 @@ def stage_train(run: Run, seed: int, arm: ArmConfig) -> None:
         "warmup_ratio": cfg.warmup_ratio,
         "max_length": cfg.max_length,
         "lr_scheduler_type": cfg.lr_scheduler,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "trust_remote_code": run.config.model.trust_remote_code,
         "logging_steps": cfg.logging_steps,
         "save_steps": cfg.save_steps,
         "lora": cfg.lora.model_dump() if cfg.lora else None,
-        "seed": seed,
+        "seed": cell.seed,
     }
 
     def build():
-        rows = io.read_parquet(arm_dir / "rows.parquet")
-        train(rows, model_path(run), arm_dir, resume=True, **args)
+        rows = io.read_parquet(directory / "rows.parquet")
+        train(rows, start, directory, resume=True, **args)
         return {"rows": len(rows)}
 
-    deps = [f"seed-{seed}/{arm.label()}/select"] + base_dependencies(run)
-    run.stage(f"seed-{seed}/{arm.label()}/train", args, deps, [out], build)
+    config = {**args, "train_from": run.config.train_from if not cell.shared else "base"}
+    run.stage(f"{cell.arm_name()}/train", config, [f"{cell.arm_name()}/select", *deps], [out], build)
 
 
 def eval_splits(run: Run) -> list[str]:
@@ -488,7 +664,7 @@ def prepare_run_dir(config: RunConfig, root: Path) -> Run:
 
 
 def run_pipeline(config: RunConfig, root: Path, until: str = "report") -> Run:
-    """Run every stage up to `until` for every seed and arm, skipping what is already done."""
+    """Run every stage up to `until` for every seed, arm and iteration, skipping what is already done."""
     if until not in STAGES:
         raise UserError(f"unknown stage {until!r}; one of {', '.join(STAGES)}")
     stop = STAGES.index(until)
@@ -498,23 +674,35 @@ def run_pipeline(config: RunConfig, root: Path, until: str = "report") -> Run:
         if stop == 0:
             return run
         stage_questions(run)
-        arms = expand_arms(config.arms)
         if stop >= STAGES.index("evaluate"):
             stage_evaluate(run, "default", model_path(run), base_dependencies(run), root / "default")
         for seed in config.seeds:
-            stage_sample(run, seed)
-            if stop >= STAGES.index("grade"):
-                stage_grade(run, seed)
-            for arm in arms if stop >= STAGES.index("weight") else []:
-                stage_weight(run, seed, arm)
-                stage_select(run, seed, arm)
-                if stop >= STAGES.index("train"):
-                    stage_train(run, seed, arm)
-                if stop >= STAGES.index("evaluate"):
-                    stage_evaluate(run, f"seed-{seed}/{arm.label()}", str(root / f"seed-{seed}" / arm.label() / "model"),
-                                   [f"seed-{seed}/{arm.label()}/train"], root / f"seed-{seed}" / arm.label())
+            run_seed(run, seed, stop)
         if stop >= STAGES.index("report"):
             from east.report import write_report
 
             write_report(root)
         return run
+
+
+def run_seed(run: Run, seed: int, stop: int) -> None:
+    arms = expand_arms(run.config.arms)
+    iterations = run.config.iterations if stop >= STAGES.index("train") else 1
+    for iteration in range(1, iterations + 1):
+        for arm in arms:
+            cell = Cell(seed, arm, iteration)
+            stage_sample(run, cell)
+            if stop < STAGES.index("grade"):
+                continue
+            stage_grade(run, cell)
+            if stop < STAGES.index("weight"):
+                continue
+            if arm.data != "vanilla":
+                stage_augment(run, cell)
+            stage_weight(run, cell)
+            stage_select(run, cell)
+            if stop >= STAGES.index("train"):
+                stage_train(run, cell)
+            if stop >= STAGES.index("evaluate"):
+                stage_evaluate(run, cell.arm_name(), str(arm_dir(run, cell) / "model"), [f"{cell.arm_name()}/train"],
+                               arm_dir(run, cell))

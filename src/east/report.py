@@ -9,6 +9,7 @@ their samples, so the paired difference removes the sampling noise both arms hav
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from statistics import mean, stdev
@@ -44,6 +45,8 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 def display_name(arm: ArmConfig) -> str:
     name = arm.loss.upper()
+    if arm.data != "vanilla":
+        name += " + " + {"dast_p": "DAST-P", "dast_l": "DAST-L"}[arm.data]
     if arm.weighting != "none":
         name += f" + {WEIGHTING_NAMES[arm.weighting]}"
         if arm.weighting in ("entropy", "accuracy", "rejection"):
@@ -68,21 +71,45 @@ def collect(root: Path) -> dict[str, Any]:
     for split in splits:
         results["default"][split] = read_accuracy(root / "default" / f"eval-{split}.json")
     for arm in arms:
-        entry = {"arm": arm.label(), "display": display_name(arm), "loss": arm.loss, "weighting": arm.weighting,
-                 "mapping": arm.mapping, "a": arm.a, "splits": {}}
-        for split in splits:
-            per_seed = {s: read_accuracy(root / f"seed-{s}" / arm.label() / f"eval-{split}.json") for s in config.seeds}
-            done = {s: v for s, v in per_seed.items() if v is not None}
-            m, ci = mean_ci(list(done.values())) if done else (None, None)
-            entry["splits"][split] = {"per_seed": per_seed, "mean": m, "ci95": ci, "seeds_done": len(done)}
+        entry = {"arm": arm.label(), "display": display_name(arm), "loss": arm.loss, "data": arm.data,
+                 "weighting": arm.weighting, "mapping": arm.mapping, "a": arm.a,
+                 "splits": {split: split_cell(root, config, arm, split, 1) for split in splits}}
+        if config.iterations > 1:
+            entry["iterations"] = {t: {split: split_cell(root, config, arm, split, t) for split in splits}
+                                   for t in range(1, config.iterations + 1)}
         results["arms"].append(entry)
     add_paired_differences(results)
     results["weights"] = weight_summaries(root, config)
+    results["dast"] = dast_summaries(root, config)
     return results
 
 
+def dast_summaries(root: Path, config: RunConfig) -> dict[str, Any]:
+    """Level histogram and augmentation report of the first seed's DAST data."""
+    out = {}
+    for data in ("dast_p", "dast_l"):
+        path = root / f"seed-{config.seeds[0]}" / f"levels-{data}.json"
+        if path.exists():
+            found = io.read_json(path)
+            out[data] = {"histogram": found["histogram"], "report": found["report"]}
+    return out
+
+
 def arm_order(arm: ArmConfig) -> tuple:
-    return (["sft", "dpo", "kto"].index(arm.loss), WEIGHTING_ORDER.index(arm.weighting), arm.mapping, float(arm.a))
+    return (["sft", "dpo", "kto"].index(arm.loss), ["vanilla", "dast_p", "dast_l"].index(arm.data),
+            WEIGHTING_ORDER.index(arm.weighting), arm.mapping, float(arm.a))
+
+
+def iteration_dir(root: Path, seed: int, arm: ArmConfig, iteration: int) -> Path:
+    base = root / f"seed-{seed}" / arm.label()
+    return base if iteration == 1 else base / f"iter-{iteration}"
+
+
+def split_cell(root: Path, config: RunConfig, arm: ArmConfig, split: str, iteration: int) -> dict[str, Any]:
+    per_seed = {s: read_accuracy(iteration_dir(root, s, arm, iteration) / f"eval-{split}.json") for s in config.seeds}
+    done = [v for v in per_seed.values() if v is not None]
+    m, ci = mean_ci(done) if done else (None, None)
+    return {"per_seed": per_seed, "mean": m, "ci95": ci, "seeds_done": len(done)}
 
 
 def add_paired_differences(results: dict[str, Any]) -> None:
@@ -151,7 +178,40 @@ def markdown(results: dict[str, Any]) -> str:
               "A CI that contains 0 means no difference was detected at this scale."]
     for arm, w in results.get("weights", {}).items():
         lines.append(f"- {arm}: {w['kept']} kept questions; entropy {fmt_q(w['entropy'])}; weight {fmt_q(w['weight'])}")
+    lines += iteration_lines(results) + dast_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def iteration_lines(results: dict[str, Any]) -> list[str]:
+    with_iterations = [e for e in results["arms"] if "iterations" in e]
+    if not with_iterations:
+        return []
+    count = len(with_iterations[0]["iterations"])
+    head = ["setting"] + [f"iteration {t}" for t in range(1, count + 1)]
+    lines = ["", "## Accuracy (%) over self-training iterations (test)", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for e in with_iterations:
+        cells = [pct(c["test"]["mean"], c["test"]["ci95"]) for c in e["iterations"].values()]
+        lines.append(f"| {e['display']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def dast_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for data, found in results.get("dast", {}).items():
+        hist = ", ".join(f"{level} {count}" for level, count in found["histogram"].items())
+        lines += ["", f"## {data}: difficulty levels of the training questions (first seed)", "", hist]
+        report = found["report"]
+        if "levels" in report:
+            lines += ["", "| level | questions | target | samples | distinct correct kept | reached target | hit cap | budget |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for level, r in report["levels"].items():
+                lines.append(f"| {level} | {r['questions']} | {r['target']} | {r['samples']} | {r['correct_distinct']} | "
+                             f"{r['reached_target']} | {r['hit_cap']} | {r['stopped_by_budget']} |")
+        if "lengths" in report:
+            lines += ["", "Mean length (characters) of correct responses per level, before -> after DAST-L:",
+                      json.dumps(report["lengths"])]
+    return lines
 
 
 def fmt_q(q: dict[str, float]) -> str:
@@ -164,8 +224,37 @@ def write_report(root: Path) -> dict[str, Any]:
     io.write_json(root / "results.json", results)
     io.write_text(root / "results.md", markdown(results))
     figure3(root, results)
+    figure4(root, results)
     figure5(root, results)
     return results
+
+
+def figure4(root: Path, results: dict[str, Any]) -> None:
+    """Accuracy over self-training iterations per arm, with CI bands when there are seeds."""
+    arms = [e for e in results["arms"] if "iterations" in e]
+    if not arms:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for e in arms:
+        points = [(int(t), c["test"]) for t, c in e["iterations"].items() if c["test"]["mean"] is not None]
+        if not points:
+            continue
+        xs = [t for t, _ in points]
+        ys = [100 * c["mean"] for _, c in points]
+        ci = [0 if math.isnan(c["ci95"]) else 100 * c["ci95"] for _, c in points]
+        ax.plot(xs, ys, marker="o", label=e["display"])
+        ax.fill_between(xs, [y - d for y, d in zip(ys, ci)], [y + d for y, d in zip(ys, ci)], alpha=0.2)
+    ax.set_xlabel("self-training iteration")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_savefig(fig, root / "figure4.png")
+    plt.close(fig)
 
 
 def figure3(root: Path, results: dict[str, Any]) -> None:

@@ -4,19 +4,25 @@
     gens = sample(model, tokenizer, prompts, n=16, temperature=1.0, max_new_tokens=128, seed=0,
                   stop=["\\n\\nQuestion:"], progress=True, on_done=lambda i, g: write_shard(i, g))
 
-How it spends the machine (sampling dominates the cost of a self-training iteration):
+How it spends the machine (sampling dominates the cost of a self-training iteration; on CPU, decoding
+is bounded by the matmuls of the weights and by reading the KV cache):
 
-- every prompt is prefilled once, and its KV cache is copied into the n batch slots of its samples;
-- the KV cache is one preallocated tensor per layer ("slots" x columns), fed to the model through the
-  `transformers` Cache API, so decoding writes one column per step instead of re-concatenating the cache;
-- a slot whose sample ends (EOS, stop string, `max_new_tokens`) is refilled from the queue of prompts at
-  once (continuous batching), so a long tail does not keep a mostly finished batch busy; once the queue
-  is empty the batch is compacted to its live rows;
+- every prompt is prefilled once; its KV is stored once and shared by its n samples, whose attention
+  over the prompt is one matrix product per prompt (keys read once, not n times);
+- the KV cache is preallocated per layer and fed to the model through the `transformers` Cache API
+  (a custom attention function reads it), so decoding writes one column per step instead of
+  re-concatenating the cache;
+- a row whose sample ends (EOS, stop string, `max_new_tokens`) is refilled from the queue of prompts
+  (continuous batching), so a long tail does not keep a mostly finished batch busy; once the queue is
+  empty the batch is compacted to its live rows;
 - prompts are scheduled longest first, so prefill batches have similar lengths and long prompts do not
   end up alone in the tail;
-- the number of slots comes from `token_budget` (slots x (longest prompt + max_new_tokens) cached tokens);
+- the number of rows comes from `token_budget` (rows x (longest prompt + max_new_tokens) tokens);
 - the random draw of a sample at step t is a hash of (seed, prompt index, sample index, t), so the output
   depends on the seed but not on which other samples happened to share the batch.
+
+Thread count is the caller's: on a shared machine, torch threads competing with other processes for
+the same cores can make every step many times slower (set torch.set_num_threads accordingly).
 
 Models whose attention is not plain full attention through `sdpa`/`eager` (sliding windows, flex attention,
 recurrent layers) fall back to a simpler loop over padded batches with the model's own DynamicCache.
@@ -47,6 +53,10 @@ PREFILL_TOKENS = 8192
 # Refill the batch once this share of slots is free (or the queue fits): each admission is one
 # extra forward call, so refilling every single freed slot would cost more than idle slots do.
 REFILL_SHARE = 1 / 16
+# Prompt slots per batch-full of prompts (slots / n): a prompt keeps its slot until its last sample
+# ends, and the longest of n samples runs several times the mean length, so several generations of
+# prompts overlap; each occupied slot costs a (n x prompt) block of attention every step.
+PROMPT_SLOT_FACTOR = 4
 # First width (columns) of the generated part of the KV cache; it doubles as samples grow.
 INITIAL_OWN_COLUMNS = 16
 # Once the queue is empty, drop finished rows when they are at least this share of the batch.
@@ -312,8 +322,8 @@ def progress_bar(total: int):
 class SlotLayer(DynamicLayer):
     """One layer's KV in two preallocated parts.
 
-    - prompt part, (prompt slots + 1, kv_heads, prompt_cols, head_dim): each prompt's KV once, right-aligned,
-      shared by its n samples (the last slot is a dummy that free rows point at);
+    - prompt part, (prompt slots, kv_heads, prompt_cols, head_dim): each prompt's KV once, right-aligned,
+      shared by its n samples; occupied slots are kept at the front so a step reads only those;
     - generated part, (row slots, kv_heads, columns, head_dim): column g holds generated token g; it
       starts narrow and doubles when the longest live sample needs it (up to max_new_tokens), since
       every step reads all of it.
@@ -351,13 +361,15 @@ class SlotLayer(DynamicLayer):
 
 @dataclass
 class DecodePlan:
-    """Per decode step: where each row writes, which prompt slot and sample it is, and the prompt mask."""
+    """Per decode step: where each row writes; for live rows, their prompt slot and sample; prompt masks."""
 
     rows: torch.Tensor
     write_col: torch.Tensor
-    prompt_slot: torch.Tensor | None = None
-    sample: torch.Tensor | None = None
-    prompt_mask: torch.Tensor | None = None
+    live: torch.Tensor | None = None
+    prompt_slot: torch.Tensor | None = None  # of the live rows
+    sample: torch.Tensor | None = None  # of the live rows
+    occupied: int = 0  # prompt slots in use: [0, occupied)
+    prompt_mask: torch.Tensor | None = None  # (occupied, 1, 1, prompt_cols), additive
     samples_per_prompt: int = 1
 
 
@@ -373,36 +385,52 @@ ACTIVE_BATCH: ContextVar[SlotCache | None] = ContextVar("east_active_slot_cache"
 def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention of one new token per row over its prompt (shared per prompt) and its generated tokens.
 
-    Queries are grouped by prompt slot and sample, so the prompt part is one batched matrix product per
-    (prompt, kv head); key/value heads serve their query-head groups by reshaping the queries (GQA)
-    rather than repeating keys. Prefill (several query tokens) goes to transformers' sdpa.
+    The prompt part runs with queries grouped by (prompt slot, sample): one matrix product per prompt
+    and kv head, whose keys are read once for all samples. The two parts are merged through their
+    log-sum-exp (as in flash-decoding), so per-row probabilities are never scattered. Key/value heads
+    serve their query-head groups by reshaping the queries (GQA), not by repeating keys. Prefill
+    (boolean mask) goes to transformers' sdpa.
     """
     cache = ACTIVE_BATCH.get()
     if cache is None or attention_mask.dtype == torch.bool:  # prefill
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    layer, plan = cache.layers[module.layer_idx], cache.layers[module.layer_idx].plan
+    layer = cache.layers[module.layer_idx]
+    plan = layer.plan
     rows, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    n = plan.samples_per_prompt
-    prompt_slots, _, prompt_cols, _ = layer.prompt_keys.shape
     q = query.reshape(rows, kv_heads, group, dim) * (dim**-0.5 if scaling is None else scaling)
 
-    def by_prompt(x: torch.Tensor) -> torch.Tensor:  # (rows, kv, group, c) -> (prompt slots, kv, n * group, c)
-        grouped = x.new_zeros(prompt_slots, n, kv_heads, group, x.shape[-1])
-        grouped[plan.prompt_slot, plan.sample] = x
-        return grouped.transpose(1, 2).reshape(prompt_slots, kv_heads, n * group, x.shape[-1])
+    # Own (generated) tokens, per row.
+    own_out, own_lse = attend(torch.matmul(q, key.transpose(2, 3)) + attention_mask, value)
 
-    def by_row(x: torch.Tensor) -> torch.Tensor:  # inverse of by_prompt
-        return x.view(prompt_slots, kv_heads, n, group, x.shape[-1])[plan.prompt_slot, :, plan.sample]
+    # Prompt tokens, per occupied prompt slot; free rows get nothing from this part.
+    occupied, n = plan.occupied, plan.samples_per_prompt
+    grouped = q.new_zeros(occupied, n, kv_heads, group, dim)
+    grouped[plan.prompt_slot, plan.sample] = q[plan.live]
+    grouped = grouped.transpose(1, 2).reshape(occupied, kv_heads, n * group, dim)
+    scores = torch.matmul(grouped, layer.prompt_keys[:occupied].transpose(2, 3)) + plan.prompt_mask
+    per_prompt = torch.cat(attend(scores, layer.prompt_values[:occupied]), dim=-1)
+    per_prompt = per_prompt.view(occupied, kv_heads, n, group, dim + 1)[plan.prompt_slot, :, plan.sample]
+    prompt = torch.zeros(rows, kv_heads, group, dim + 1, dtype=per_prompt.dtype)
+    prompt[..., dim] = torch.finfo(per_prompt.dtype).min
+    prompt[plan.live] = per_prompt
 
-    prompt_scores = by_row(torch.matmul(by_prompt(q), layer.prompt_keys.transpose(2, 3)))
-    own_scores = torch.matmul(q, key.transpose(2, 3))
-    scores = torch.cat([prompt_scores + plan.prompt_mask, own_scores + attention_mask], dim=-1)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    out = by_row(torch.matmul(by_prompt(probs[..., :prompt_cols]), layer.prompt_values))
-    out = out + torch.matmul(probs[..., prompt_cols:], value)
-    return out.reshape(rows, 1, heads, dim), None
+    # Softmax over both parts = each part's softmax, weighted by its share of the total exp-mass.
+    prompt_share = torch.sigmoid(prompt[..., dim:] - own_lse)
+    out = own_out + prompt_share * (prompt[..., :dim] - own_out)
+    return out.to(value.dtype).reshape(rows, 1, heads, dim), None
+
+
+def attend(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax(scores) @ values, log-sum-exp of scores) over the last axis.
+
+    The log-sum-exp is read off the softmax (lse = max - log max(p)) because torch's exp is an order of
+    magnitude slower on the huge negative numbers of masked scores than its fused softmax is.
+    """
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    lse = scores.amax(dim=-1, keepdim=True) - torch.log(probs.amax(dim=-1, keepdim=True))
+    return torch.matmul(probs.to(values.dtype), values), lse
 
 
 AttentionInterface.register(SLOT_ATTENTION, slot_attention)
@@ -435,10 +463,7 @@ class SlotBatcher:
         n = settings.n
         self.prompt_cols = max(len(ids) for ids in prompt_ids)
         self.slots = max(1, min(token_budget // (self.prompt_cols + settings.max_new_tokens), len(prompt_ids) * n))
-        # Enough prompt slots for several generations of prompts to overlap in the batch (a prompt keeps
-        # its slot while its last samples finish), without reading many idle prompt slots every step.
-        self.prompt_slots = min(len(prompt_ids), self.slots, 4 * -(-self.slots // n))
-        self.dummy_slot = self.prompt_slots  # where free rows point; never holds a prompt
+        self.prompt_slots = min(len(prompt_ids), self.slots, PROMPT_SLOT_FACTOR * -(-self.slots // n))
         self.takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         # Longest prompts first (ties in prompt order): similar lengths share a prefill, long ones start early.
         self.queue = sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
@@ -446,8 +471,9 @@ class SlotBatcher:
         self.next_sample = 0  # samples of queue[next_prompt] already admitted
         self.slot_of_prompt: dict[int, int] = {}
         self.pending_logits: dict[int, torch.Tensor] = {}  # first-token logits of a partly admitted prompt
-        self.free_prompt_slots = list(range(self.prompt_slots))
-        self.samples_left = [0] * self.prompt_slots  # per prompt slot: samples not yet ended
+        self.prompt_in_slot: list[int] = []  # occupied prompt slots, in slot order
+        self.samples_left: list[int] = []  # per occupied prompt slot: samples not yet ended
+        self.slot_prompt_len = torch.ones(self.prompt_slots, dtype=torch.int64)
         self.cache: SlotCache | None = None
         self.own_cols = min(INITIAL_OWN_COLUMNS, settings.max_new_tokens)  # current width of the generated part
         self.plan = DecodePlan(rows=torch.arange(self.slots), write_col=torch.zeros(self.slots, dtype=torch.int64),
@@ -455,7 +481,7 @@ class SlotBatcher:
         s = self.slots
         self.active = torch.zeros(s, dtype=torch.bool)
         self.prompt_of = torch.zeros(s, dtype=torch.int64)
-        self.prompt_slot = torch.full((s,), self.dummy_slot, dtype=torch.int64)
+        self.prompt_slot = torch.zeros(s, dtype=torch.int64)
         self.sample_of = torch.zeros(s, dtype=torch.int64)
         self.prompt_len = torch.ones(s, dtype=torch.int64)
         self.generated = torch.ones(s, dtype=torch.int64)
@@ -518,11 +544,13 @@ class SlotBatcher:
         while len(rows) < count and self.next_prompt < len(self.queue):
             p = self.queue[self.next_prompt]
             if p not in self.slot_of_prompt:
-                if not self.free_prompt_slots:
+                if len(self.prompt_in_slot) == self.prompt_slots:
                     break
-                slot = self.free_prompt_slots.pop(0)
+                slot = len(self.prompt_in_slot)
                 self.slot_of_prompt[p] = slot
-                self.samples_left[slot] = self.settings.n
+                self.prompt_in_slot.append(p)
+                self.samples_left.append(self.settings.n)
+                self.slot_prompt_len[slot] = len(self.prompt_ids[p])
                 new_prompts.append(p)
             take = min(self.settings.n - self.next_sample, count - len(rows))
             rows.extend((p, j) for j in range(self.next_sample, self.next_sample + take))
@@ -566,8 +594,8 @@ class SlotBatcher:
         for k, v in kv_example:
             heads, dtype = k.shape[1], k.dtype
             layers.append(SlotLayer(
-                torch.zeros(self.prompt_slots + 1, heads, self.prompt_cols, k.shape[3], dtype=dtype),
-                torch.zeros(self.prompt_slots + 1, heads, self.prompt_cols, v.shape[3], dtype=dtype),
+                torch.zeros(self.prompt_slots, heads, self.prompt_cols, k.shape[3], dtype=dtype),
+                torch.zeros(self.prompt_slots, heads, self.prompt_cols, v.shape[3], dtype=dtype),
                 torch.zeros(self.slots, heads, self.own_cols, k.shape[3], dtype=dtype),
                 torch.zeros(self.slots, heads, self.own_cols, v.shape[3], dtype=dtype),
                 self.plan,
@@ -587,18 +615,20 @@ class SlotBatcher:
         last = self.tokens.gather(1, (g - 1).clamp(min=0)[:, None])
         plan.rows = torch.arange(len(g))
         plan.write_col = g - 1
-        plan.prompt_slot = self.prompt_slot
-        plan.sample = self.sample_of
+        plan.live = self.active.nonzero().flatten()
+        plan.prompt_slot = self.prompt_slot[plan.live]
+        plan.sample = self.sample_of[plan.live]
+        plan.occupied = len(self.prompt_in_slot)
         low = torch.finfo(dtype).min
-        prompt_allowed = torch.arange(self.prompt_cols)[None, :] >= (self.prompt_cols - self.prompt_len)[:, None]
+        lengths = self.slot_prompt_len[: plan.occupied]
+        prompt_allowed = torch.arange(self.prompt_cols)[None, :] >= (self.prompt_cols - lengths)[:, None]
         plan.prompt_mask = torch.zeros(prompt_allowed.shape, dtype=dtype).masked_fill_(~prompt_allowed, low)[:, None, None]
         own_allowed = torch.arange(self.own_cols)[None, :] <= (g - 1)[:, None]
         own_mask = torch.zeros(own_allowed.shape, dtype=dtype).masked_fill_(~own_allowed, low)[:, None, None]
         with slot_attention_for(self.model, self.cache):
             out = self.model(input_ids=last, attention_mask=own_mask, position_ids=(self.prompt_len + g - 1)[:, None],
                              past_key_values=self.cache, use_cache=True)
-        live = self.active.nonzero().flatten()
-        self.append_tokens(live, out.logits[live, -1])
+        self.append_tokens(plan.live, out.logits[plan.live, -1])
 
     def append_tokens(self, slots: torch.Tensor, logits: torch.Tensor) -> None:
         """Pick the next token of each slot from its logits, store it, and retire the slots that ended."""
@@ -620,16 +650,30 @@ class SlotBatcher:
 
     def release(self, ended: torch.Tensor) -> None:
         """Free the rows of ended samples, and the prompt slots whose samples have all ended."""
-        for slot, p in zip(self.prompt_slot[ended].tolist(), self.prompt_of[ended].tolist()):
-            self.samples_left[slot] -= 1
-            if self.samples_left[slot] == 0:
-                self.free_prompt_slots.append(slot)
-                del self.slot_of_prompt[p]
         self.active[ended] = False
         self.generated[ended] = 1
         self.prompt_len[ended] = 1
-        self.prompt_slot[ended] = self.dummy_slot
-        self.sample_of[ended] = 0
+        for p in self.prompt_of[ended].tolist():
+            slot = self.slot_of_prompt[p]
+            self.samples_left[slot] -= 1
+            if self.samples_left[slot] == 0:
+                self.free_prompt_slot(slot)
+
+    def free_prompt_slot(self, slot: int) -> None:
+        """Release a prompt slot, moving the last occupied prompt into it so occupied slots stay in front."""
+        del self.slot_of_prompt[self.prompt_in_slot[slot]]
+        last = len(self.prompt_in_slot) - 1
+        if slot != last:
+            moved = self.prompt_in_slot[last]
+            for layer in self.cache.layers:
+                layer.prompt_keys[slot] = layer.prompt_keys[last]
+                layer.prompt_values[slot] = layer.prompt_values[last]
+            self.prompt_slot[self.active & (self.prompt_slot == last)] = slot
+            self.prompt_in_slot[slot], self.samples_left[slot] = moved, self.samples_left[last]
+            self.slot_prompt_len[slot] = self.slot_prompt_len[last]
+            self.slot_of_prompt[moved] = slot
+        self.prompt_in_slot.pop()
+        self.samples_left.pop()
 
     def compact_if_sparse(self) -> None:
         """With no more work to admit, drop ended rows from the batch (and the cache) once they are many."""

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, KTOConfig, SFTConfig
 
@@ -56,6 +56,9 @@ def train(
     save_steps: int | None = None,
     resume: bool = False,
     logging_steps: int = 10,
+    lr_scheduler_type: str = "linear",
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Train on `rows` (selection.py's dicts with a `weight` column) and return `out_dir/model`.
 
@@ -76,8 +79,8 @@ def train(
     started = time.monotonic()
 
     dtype, bf16 = training_dtype()
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
     dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows))
     if loss == "kto":
         # KTO samples sequentially (its KL pairs are built within fixed batches), so the shuffling happens here.
@@ -96,8 +99,10 @@ def train(
         seed=seed,
         bf16=bf16,
         report_to="none",
-        gradient_checkpointing=False,
+        gradient_checkpointing=gradient_checkpointing,
+        lr_scheduler_type=lr_scheduler_type,
         logging_steps=logging_steps,
+        disable_tqdm=True,  # the pipeline prints one line per stage; the loss curve goes to train_metrics.json
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
         **({"beta": beta} if beta is not None else {}),
@@ -110,6 +115,7 @@ def train(
         peft_config=lora_config(lora),
         local_weighting=local_weighting,
     )
+    trainer.remove_callback(PrinterCallback)
     checkpoint = last_checkpoint(checkpoints) if resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
@@ -126,6 +132,7 @@ def train(
             "per_device_train_batch_size": per_device_train_batch_size,
             "gradient_accumulation_steps": gradient_accumulation_steps, "warmup_ratio": warmup_ratio, "beta": beta,
             "max_length": max_length, "seed": seed, "lora": lora, "dtype": str(dtype),
+            "lr_scheduler_type": lr_scheduler_type, "gradient_checkpointing": gradient_checkpointing,
         },
     )
     return final
