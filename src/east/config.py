@@ -277,8 +277,9 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}' (check its spelling; see `east config --help` or configs/demo.yaml)"
-    return f"{source}: key '{key}': {err['msg']}"
+        return f"{source}: unknown key '{key}' (check its spelling; configs/demo.yaml shows every section)"
+    got = f" (got {err['input']!r})" if not isinstance(err.get("input"), (dict, list, type(None))) else ""
+    return f"{source}: key '{key}': {err['msg']}{got}"
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -653,11 +653,32 @@ def load_model_and_tokenizer(run: Run, path: str):
 STAGES = ("bootstrap", "sample", "grade", "weight", "train", "evaluate", "report")
 
 
+IDENTITY_SECTIONS = ("task", "model")  # what a run directory is *about*; other sections may change and re-run stages
+
+
+def check_compatible(saved: Path, config: RunConfig) -> None:
+    """Refuse a run directory made for another task or model (or by an incompatible version of east)."""
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        old = RunConfig.model_validate(yaml.safe_load(saved.read_text()))
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise UserError(f"{saved} was written by an incompatible config ({str(exc).splitlines()[0]}); "
+                        "use another --out or delete that run directory") from None
+    for section in IDENTITY_SECTIONS:
+        before, after = getattr(old, section).model_dump(mode="json"), getattr(config, section).model_dump(mode="json")
+        if before != after:
+            raise UserError(f"{saved.parent} was created for a different {section} ({changed_keys(before, after)}); "
+                            "use another --out")
+
+
 def prepare_run_dir(config: RunConfig, root: Path) -> Run:
     root.mkdir(parents=True, exist_ok=True)
     saved = root / "config.yaml"
     text = dump_config(config)
     if saved.exists() and saved.read_text() != text:
+        check_compatible(saved, config)
         console.print(f"[yellow]{saved}: config differs from the saved one; stages it affects will be redone[/yellow]")
     io.write_text(saved, text)
     return Run(config=config, root=root)

@@ -2,7 +2,7 @@
 
 Two backends produce the same `list[Generation]`:
 
-    from east.sampling.hf import sample          # any HF causal LM, CPU or one GPU (continuous batching)
+    from east.sampling.hf import sample          # any HF causal LM on CPU (continuous batching)
     from east.sampling.vllm import sample        # vLLM, GPUs (LoRA adapters served unmerged)
 
     generations = sample(model, tokenizer, prompts, n=16, temperature=1.0, max_new_tokens=256, seed=0)

@@ -94,12 +94,25 @@ def sample(
 ) -> list[Generation]:
     """n samples for each prompt, in prompt order. `on_done(i, generation)` fires as prompt i completes.
 
-    temperature 0 is greedy decoding. Prompts are token strings already (chat template applied), so
-    they are tokenized without adding special tokens.
+    temperature 0 is greedy decoding; top_k 0 and top_p 1 are off. Prompts are token strings already
+    (chat template applied), so they are tokenized without adding special tokens. `token_budget` caps
+    rows x (longest prompt + max_new_tokens), which sets how many samples decode at once; the KV cache
+    takes at most about token_budget x layers x 2 x kv_dim x 4 bytes (fp32). The same seed gives the
+    same samples whatever the budget.
     """
     settings = checked_settings(n, temperature, top_p, top_k, max_new_tokens, seed, stop, token_budget)
+    if model.device.type != "cpu":
+        raise ValueError(f"east.sampling.hf runs models on CPU (this one is on {model.device}); on GPUs use the "
+                         "vllm backend (east.sampling.vllm)")
     if not prompts:
         return []
+    if settings.temperature == 0 and n > 1:
+        # Greedy samples are all the same: decode one per prompt and copy it.
+        copies = lambda g: Generation(g.texts * n, g.num_tokens * n, g.finished * n)  # noqa: E731
+        one = sample(model, tokenizer, prompts, 1, temperature=0, max_new_tokens=max_new_tokens, stop=stop,
+                     token_budget=token_budget, progress=progress,
+                     on_done=(lambda i, g: on_done(i, copies(g))) if on_done else None)
+        return [copies(g) for g in one]
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     if any(len(ids) == 0 for ids in prompt_ids):
         raise ValueError("empty prompt: the model needs at least one token to condition on")

@@ -122,7 +122,9 @@ def parse_rows(path: str, parse: Callable[[dict[str, Any]], tuple[str, str, dict
         seen[qid] = number
         questions.append(Question(qid, text, gold, row.get("solution") or row.get("answer_text"), meta))
     if not questions:
-        raise UserError(f"{path}: no questions found (empty file or every row skipped)")
+        why = f"all {skipped} row(s) skipped as bad" if skipped else "the file has no rows"
+        raise UserError(f"{path}: no questions found ({why}); the {split} split needs at least one row with a "
+                        "question and a gold answer")
     return questions, skipped
 
 
@@ -168,6 +170,15 @@ def math_question(row: dict[str, Any]) -> tuple[str, str, dict]:
 
 def jsonl_parser(task) -> Callable[[dict[str, Any]], tuple[str, str, dict]]:
     def parse(row: dict[str, Any]) -> tuple[str, str, dict]:
-        return text_field(row, task.question_field), text_field(row, task.answer_field), {}
+        return (jsonl_field(row, task.question_field, "question_field"),
+                jsonl_field(row, task.answer_field, "answer_field"), {})
 
     return parse
+
+
+def jsonl_field(row: dict[str, Any], name: str, setting: str) -> str:
+    """`text_field`, with a missing field pointing at the setting that names it (a file may call it otherwise)."""
+    if row.get(name) is None:
+        raise BadRow(f"missing field {name!r} (fields present: {', '.join(sorted(row)) or 'none'}; "
+                     f"set task.{setting} if the file calls it something else)")
+    return text_field(row, name)

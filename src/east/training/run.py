@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, KTOConfig, SFTConfig
 
+from east.tasks.prompts import auto_prefix, training_prompt
 from east.training.dpo import WeightedDPOTrainer
 from east.training.kto import WeightedKTOTrainer
 from east.training.local_weights import check_kind
@@ -81,7 +82,7 @@ def train(
     dtype, bf16 = training_dtype()
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
-    dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows))
+    dataset = trainer_prompts(rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows)), tokenizer)
     if loss == "kto":
         # KTO samples sequentially (its KL pairs are built within fixed batches), so the shuffling happens here.
         dataset = dataset.shuffle(seed=seed).flatten_indices()
@@ -136,6 +137,15 @@ def train(
         },
     )
     return final
+
+
+def trainer_prompts(dataset: Dataset, tokenizer) -> Dataset:
+    """Rendered prompts carry their own special tokens (sampling tokenises them without adding any), but TRL's
+    trainers tokenise string prompts WITH the tokenizer's: a Llama-3 row would start with two <|begin_of_text|>.
+    Hand TRL each prompt without the BOS the tokenizer adds anyway, so training sees the sampler's exact ids."""
+    if not auto_prefix(tokenizer):
+        return dataset
+    return dataset.map(lambda row: {"prompt": training_prompt(tokenizer, row["prompt"])})
 
 
 def training_dtype() -> tuple[torch.dtype, bool]:
