@@ -328,3 +328,20 @@ def test_cut_at_stop_and_sample_set():
     row = Generation(["x", "y"], [2, 3], [True, False]).to_sample_set("q1", "P")
     assert (row.question_id, row.prompt, row.responses, row.num_tokens, row.finished) == (
         "q1", "P", ["x", "y"], [2, 3], [True, False])
+
+
+def test_generate_path_for_accelerators_matches_the_fast_sampler_when_greedy():
+    """The path used for models on a GPU (model.generate) gives the fast CPU sampler's greedy output."""
+    from east.backbone import builtin_checkpoint
+    from east.models import load_model_and_tokenizer
+    from east.sampling import generate, hf
+
+    model, tokenizer = load_model_and_tokenizer(str(builtin_checkpoint()))
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+               for q in ("Mia has 12 figs and buys 7. How many now?", "Bo has 3 pens, doubles them and sells 2. How many now?")]
+    fast = hf.sample(model, tokenizer, prompts, 2, temperature=0, max_new_tokens=40)
+    slow = generate.sample(model, tokenizer, prompts, 2, temperature=0, max_new_tokens=40, token_budget=100)
+    assert [g.texts for g in slow] == [g.texts for g in fast]
+    assert [g.finished for g in slow] == [g.finished for g in fast]
+    sampled = generate.sample(model, tokenizer, prompts, 3, temperature=1.0, max_new_tokens=40, seed=1)
+    assert all(len(g.texts) == 3 for g in sampled)

@@ -359,7 +359,10 @@ def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, temperat
              max_new_tokens: int, token_budget: int):
     cfg = run.config.sampling
     if cfg.backend == "vllm":
-        raise UserError("sampling.backend=vllm runs through `east.sampling.vllm`; it needs a GPU machine with vllm installed")
+        from east.sampling import vllm
+
+        return vllm.sample(model, prompts, n, temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                           max_new_tokens=max_new_tokens, seed=seed, stop=cfg.stop or None, progress=console.is_terminal)
     from east.sampling.hf import sample
 
     return sample(model, tokenizer, prompts, n, temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
@@ -642,9 +645,21 @@ def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], dir
 
 
 def load_model_and_tokenizer(run: Run, path: str):
+    """The sampling model: an HF model, or for backend vllm a `vllm.LLM` (with its tokenizer for prompts)."""
+    model_cfg, sampling = run.config.model, run.config.sampling
+    if sampling.backend == "vllm":
+        from east.sampling.vllm import load_llm
+
+        try:
+            llm = load_llm(path, tensor_parallel_size=sampling.tensor_parallel_size,
+                           gpu_memory_utilization=sampling.gpu_memory_utilization, seed=sampling.seed,
+                           trust_remote_code=model_cfg.trust_remote_code)
+        except ImportError as exc:
+            raise UserError(f"sampling.backend=vllm: {exc}; pip install 'east-selftrain[vllm]' on a GPU machine") from None
+        return llm, llm.get_tokenizer()
     from east.models import load_model_and_tokenizer as load
 
-    return load(path, dtype=run.config.model.dtype, trust_remote_code=run.config.model.trust_remote_code)
+    return load(path, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
 
 
 # ----------------------------------------------------------------------------------------------------

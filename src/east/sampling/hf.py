@@ -102,8 +102,12 @@ def sample(
     """
     settings = checked_settings(n, temperature, top_p, top_k, max_new_tokens, seed, stop, token_budget)
     if model.device.type != "cpu":
-        raise ValueError(f"east.sampling.hf runs models on CPU (this one is on {model.device}); on GPUs use the "
-                         "vllm backend (east.sampling.vllm)")
+        # This sampler's cache management is tuned for CPU; on accelerators, generate() (or vLLM).
+        from east.sampling import generate
+
+        return generate.sample(model, tokenizer, prompts, n, temperature=temperature, top_p=top_p, top_k=top_k,
+                               max_new_tokens=max_new_tokens, seed=seed, stop=stop, token_budget=token_budget,
+                               progress=progress, on_done=on_done)
     if not prompts:
         return []
     if settings.temperature == 0 and n > 1:
