@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,9 +70,8 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     return Path(path)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a malformed line is a one-line error naming the file and line."""
-    rows = []
+def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a JSONL file; a malformed line is a one-line error naming the file and line."""
     with open(path) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -83,8 +82,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); fix or remove that line") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+            yield number, row
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [row for _, row in jsonl_rows(path)]
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -725,20 +725,30 @@ def run_seed(run: Run, seed: int, stop: int) -> None:
     arms = expand_arms(run.config.arms)
     iterations = run.config.iterations if stop >= STAGES.index("train") else 1
     for iteration in range(1, iterations + 1):
+        if iteration == 1:  # every arm starts from the same samples of the base model
+            sample_and_grade(run, Cell(seed), stop)
+        if stop < STAGES.index("weight"):
+            continue
         for arm in arms:
             cell = Cell(seed, arm, iteration)
-            stage_sample(run, cell)
-            if stop < STAGES.index("grade"):
-                continue
-            stage_grade(run, cell)
-            if stop < STAGES.index("weight"):
-                continue
-            if arm.data != "vanilla":
-                stage_augment(run, cell)
-            stage_weight(run, cell)
-            stage_select(run, cell)
-            if stop >= STAGES.index("train"):
-                stage_train(run, cell)
-            if stop >= STAGES.index("evaluate"):
-                stage_evaluate(run, cell.arm_name(), str(arm_dir(run, cell) / "model"), [f"{cell.arm_name()}/train"],
-                               arm_dir(run, cell))
+            if iteration > 1:
+                sample_and_grade(run, cell, stop)
+            train_and_evaluate(run, cell, stop)
+
+
+def sample_and_grade(run: Run, cell: Cell, stop: int) -> None:
+    stage_sample(run, cell)
+    if stop >= STAGES.index("grade"):
+        stage_grade(run, cell)
+
+
+def train_and_evaluate(run: Run, cell: Cell, stop: int) -> None:
+    if cell.arm.data != "vanilla":
+        stage_augment(run, cell)
+    stage_weight(run, cell)
+    stage_select(run, cell)
+    if stop >= STAGES.index("train"):
+        stage_train(run, cell)
+    if stop >= STAGES.index("evaluate"):
+        stage_evaluate(run, cell.arm_name(), str(arm_dir(run, cell) / "model"), [f"{cell.arm_name()}/train"],
+                       arm_dir(run, cell))

@@ -11,11 +11,11 @@ empty file or a gold answer that cannot be extracted is an error naming the file
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from east import io
 from east.errors import UserError
 from east.records import Question
 
@@ -63,7 +63,7 @@ def rows_of(path: str, hub_config: str | None, split: str) -> Iterator[tuple[int
     """(line number, row) pairs of a JSONL / Parquet file, or of a hub data set."""
     file = Path(path)
     if file.suffix in (".jsonl", ".json") and file.exists():
-        yield from jsonl_rows(file)
+        yield from io.jsonl_rows(file)
     elif file.suffix == ".parquet" and file.exists():
         import pyarrow.parquet as pq
 
@@ -73,20 +73,6 @@ def rows_of(path: str, hub_config: str | None, split: str) -> Iterator[tuple[int
         raise UserError(f"{path}: no such file")
     else:
         yield from hub_rows(path, hub_config, split)
-
-
-def jsonl_rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(file) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{file}:{number}: not valid JSON ({exc.msg}); fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{file}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
 
 
 def hub_rows(hub_id: str, hub_config: str | None, split: str) -> Iterator[tuple[int, dict[str, Any]]]:

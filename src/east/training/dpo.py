@@ -2,7 +2,7 @@
 
 TRL version: 1.16.0. TRL methods overridden here: `DPOTrainer.__init__`, `DPOTrainer.compute_loss`,
 `DPOTrainer._compute_loss` (TRL's own body with one line replaced, built by `patch_trl_method`),
-`DPOTrainer.compute_ref_log_probs`, and via WeightedTrainerMixin `DPOTrainer._set_signature_columns_if_needed`
+and via WeightedTrainerMixin `DPOTrainer.compute_ref_log_probs`, `DPOTrainer._set_signature_columns_if_needed`
 and `DPOTrainer.log`.
 
 The one replaced line is TRL's reduction `per_sequence_loss.mean() * loss_weight`, which becomes
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from trl import DPOTrainer
 
-from east.training.mixin import WEIGHT, WeightedTrainerMixin, patch_trl_method
+from east.training.mixin import WeightedTrainerMixin, patch_trl_method
 
 UNWEIGHABLE_LOSS_TYPES = {"aot", "aot_unpaired", "sft"}
 
@@ -58,19 +58,6 @@ class WeightedDPOTrainer(WeightedTrainerMixin, DPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pair_weights = self._east_pop_weight(inputs, inputs["input_ids"].size(0) // 2)
-        tap = self._east_tap(model, inputs, pair_weights)
-        try:
-            result = super().compute_loss(tap, inputs, return_outputs, num_items_in_batch)
-        finally:
-            self._east_active = None  # never let one batch's weights reach the next
-        tap.check()
-        return result
+        return self._east_preference_loss(model, inputs, pair_weights, return_outputs, num_items_in_batch)
 
-    def compute_ref_log_probs(self, model, inputs):
-        # After __init__ the collator adds `weight`; the reference pass must not see it.
-        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != WEIGHT})
-
-    def _apply_weights(self, outputs, weights):
-        # One entry per pair, read once by the patched reduction for every loss type of `loss_type`.
-        self._east_active = weights
-        return outputs
+    _apply_weights = WeightedTrainerMixin._east_hold  # one weight per pair, read by the patched reduction

@@ -2,7 +2,7 @@
 
 TRL version: 1.16.0. TRL methods overridden here: `KTOTrainer.__init__`, `KTOTrainer.compute_loss`,
 `KTOTrainer._compute_loss` (TRL's own body with one line replaced, built by `patch_trl_method`),
-`KTOTrainer.compute_ref_log_probs`, and via WeightedTrainerMixin `KTOTrainer._set_signature_columns_if_needed`
+and via WeightedTrainerMixin `KTOTrainer.compute_ref_log_probs`, `KTOTrainer._set_signature_columns_if_needed`
 and `KTOTrainer.log`.
 
 TRL's reduction `losses.nanmean()` becomes `self._east_weighted_nanmean(losses, torch.cat((chosen_idx,
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from trl import KTOTrainer
 
-from east.training.mixin import WEIGHT, WeightedTrainerMixin, patch_trl_method
+from east.training.mixin import WeightedTrainerMixin, patch_trl_method
 
 
 class WeightedKTOTrainer(WeightedTrainerMixin, KTOTrainer):
@@ -46,18 +46,6 @@ class WeightedKTOTrainer(WeightedTrainerMixin, KTOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         row_weights = self._east_pop_weight(inputs, inputs["input_ids"].size(0))
-        tap = self._east_tap(model, inputs, row_weights)
-        try:
-            result = super().compute_loss(tap, inputs, return_outputs, num_items_in_batch)
-        finally:
-            self._east_active = None  # never let one batch's weights reach the next
-        tap.check()
-        return result
+        return self._east_preference_loss(model, inputs, row_weights, return_outputs, num_items_in_batch)
 
-    def compute_ref_log_probs(self, model, inputs):
-        # After __init__ the collator adds `weight`; the reference pass must not see it.
-        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != WEIGHT})
-
-    def _apply_weights(self, outputs, weights):
-        self._east_active = weights  # one per row, read by the patched reduction
-        return outputs
+    _apply_weights = WeightedTrainerMixin._east_hold  # one weight per row, read by the patched reduction

@@ -200,6 +200,25 @@ class WeightedTrainerMixin:
 
     # --- the reduction (DPO/KTO) ---------------------------------------------------------------------------
 
+    def _east_preference_loss(self, model, inputs, weights, return_outputs, num_items_in_batch):
+        """TRL's compute_loss with `weights` held for the patched reduction of this one batch."""
+        tap = self._east_tap(model, inputs, weights)
+        try:
+            result = super().compute_loss(tap, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._east_active = None  # never let one batch's weights reach the next
+        tap.check()
+        return result
+
+    def compute_ref_log_probs(self, model, inputs):
+        # DPO / KTO only. After __init__ the collator adds `weight`; the reference pass must not see it.
+        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != WEIGHT})
+
+    def _east_hold(self, outputs, weights: torch.Tensor):
+        """`_apply_weights` of DPO / KTO: keep the weights for the patched reduction, leave the outputs alone."""
+        self._east_active = weights
+        return outputs
+
     def _east_current(self) -> torch.Tensor:
         # Set by the policy forward of this batch, cleared by compute_loss after the batch (DPO reads it once per
         # loss type of a multi-loss `loss_type`).
