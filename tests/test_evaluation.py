@@ -36,3 +36,27 @@ def test_summary_breaks_down_by_level():
     assert summary["accuracy"] == pytest.approx(2 / 3)
     assert summary["no_answer"] == 1
     assert summary["accuracy_by_level"] == {"Level 1": 0.5, "Level 2": 1.0}
+
+
+def test_evaluate_reports_greedy_maj_and_pass_from_samples():
+    from east.evaluation import evaluate
+    from east.records import Question
+    from east.sampling import Generation
+
+    questions = [Question("q1", "?", "4", meta={"level": "Level 1"}), Question("q2", "?", "7", meta={"level": "Level 2"})]
+    answers = {  # (greedy, samples) per prompt
+        "p1": ("\\boxed{4}", ["\\boxed{4}", "\\boxed{5}", "\\boxed{4}", "no idea"]),
+        "p2": ("\\boxed{6}", ["\\boxed{6}", "\\boxed{6}", "\\boxed{7}", "\\boxed{6}"]),
+    }
+
+    def generate(prompts, n, temperature, seed):
+        texts = [[answers[p][0]] if temperature == 0 else answers[p][1] for p in prompts]
+        return [Generation(t, [3] * len(t), [True] * len(t)) for t in texts]
+
+    rows, summary = evaluate(questions, ["p1", "p2"], generate, kind="arith", k=4)
+    assert [r["correct"] for r in rows] == [True, False]
+    assert summary["accuracy"] == 0.5
+    assert summary["accuracy_by_level"] == {"Level 1": 1.0, "Level 2": 0.0}
+    assert rows[0]["maj@4"] is True and rows[1]["maj@4"] is False
+    assert summary["pass@4"] == 1.0  # each question has a correct sample among its 4
+    assert summary["sample_accuracy"] == pytest.approx((2 / 4 + 1 / 4) / 2)

@@ -87,3 +87,9 @@ def test_arith_ood_split_is_harder_and_renamed():
     test = load_questions(config, "test")
     assert all(q.question_id.startswith("arith-ood-") for q in ood)
     assert sum(q.meta["steps"] for q in ood) > sum(q.meta["steps"] for q in test)
+
+
+def test_gsm8k_solution_ends_in_a_boxed_answer_for_few_shot_prompts():
+    questions = load_questions(task(name="gsm8k", train_path=str(FIXTURES / "gsm8k_small.jsonl")), "train")
+    assert questions[0].solution.endswith("The answer is \\boxed{18}.")
+    assert "####" not in questions[0].solution

@@ -227,10 +227,10 @@ def model_path(run: Run) -> str:
     return path
 
 
-def stage_bootstrap(run: Run) -> list[str]:
-    """Train the tiny backbone into the run directory when asked; returns the stage names to depend on."""
+def stage_bootstrap(run: Run) -> None:
+    """Train the tiny backbone into the run directory when model.path is 'bootstrap'."""
     if run.config.model.path != "bootstrap":
-        return []
+        return
     from east.backbone import bootstrap
 
     cfg = run.config.bootstrap
@@ -241,7 +241,6 @@ def stage_bootstrap(run: Run) -> list[str]:
         return {"rows": cfg.n_rows}
 
     run.stage("bootstrap", cfg.model_dump(mode="json"), [], [out], build)
-    return ["bootstrap"]
 
 
 def base_dependencies(run: Run) -> list[str]:
@@ -261,7 +260,9 @@ def few_shot_examples(run: Run) -> list[Question]:
         return []
     from east.tasks.loaders import load_questions
 
-    pool = [q for q in load_questions(run.config.task, "warmup") if q.solution]
+    # Worked examples: the built-in task's labelled warm-up split, else training questions with solutions.
+    split = "warmup" if run.config.task.name == "arith" else "train"
+    pool = [q for q in load_questions(run.config.task, split) if q.solution]
     if len(pool) < k:
         raise UserError(f"prompt.few_shot={k} but the task has only {len(pool)} worked examples")
     return random.Random(0).sample(pool, k)

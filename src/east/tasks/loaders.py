@@ -91,12 +91,12 @@ class BadRow(ValueError):
     """A row that cannot become a Question; the message says which field and why."""
 
 
-def parse_rows(path: str, parse: Callable[[dict[str, Any]], tuple[str, str, dict]], *, prefix: str,
+def parse_rows(path: str, parse: Callable[[dict[str, Any]], tuple[str, str, dict, str | None]], *, prefix: str,
                hub_config: str | None, skip_bad: bool, split: str) -> tuple[list[Question], int]:
     questions, seen, skipped = [], {}, 0
     for number, row in rows_of(path, hub_config, split):
         try:
-            text, gold, meta = parse(row)
+            text, gold, meta, solution = parse(row)
         except BadRow as exc:
             if skip_bad:
                 skipped += 1
@@ -106,7 +106,7 @@ def parse_rows(path: str, parse: Callable[[dict[str, Any]], tuple[str, str, dict
         if qid in seen:
             raise UserError(f"{path}:{number}: duplicate question_id {qid!r} (first at line {seen[qid]}); ids must be unique")
         seen[qid] = number
-        questions.append(Question(qid, text, gold, row.get("solution") or row.get("answer_text"), meta))
+        questions.append(Question(qid, text, gold, solution, meta))
     if not questions:
         why = f"all {skipped} row(s) skipped as bad" if skipped else "the file has no rows"
         raise UserError(f"{path}: no questions found ({why}); the {split} split needs at least one row with a "
@@ -126,7 +126,7 @@ def text_field(row: dict[str, Any], name: str) -> str:
     return text
 
 
-def gsm8k_question(row: dict[str, Any]) -> tuple[str, str, dict]:
+def gsm8k_question(row: dict[str, Any]) -> tuple[str, str, dict, str]:
     from east.grading import gold_from_gsm8k_answer
 
     answer = text_field(row, "answer")
@@ -134,10 +134,12 @@ def gsm8k_question(row: dict[str, Any]) -> tuple[str, str, dict]:
         gold = gold_from_gsm8k_answer(answer)
     except ValueError:
         raise BadRow("field 'answer' has no final answer after '####'") from None
-    return text_field(row, "question"), gold, {}
+    # The worked solution, ending the way our prompts ask answers to end (used for few-shot prompts).
+    solution = answer.rsplit("####", 1)[0].rstrip() + f"\nThe answer is \\boxed{{{gold}}}."
+    return text_field(row, "question"), gold, {}, solution
 
 
-def math_question(row: dict[str, Any]) -> tuple[str, str, dict]:
+def math_question(row: dict[str, Any]) -> tuple[str, str, dict, str | None]:
     from east.grading import gold_from_math_solution
 
     meta = {key: row[key] for key in ("level", "type", "subject") if row.get(key) is not None}
@@ -151,13 +153,13 @@ def math_question(row: dict[str, Any]) -> tuple[str, str, dict]:
             gold = gold_from_math_solution(solution)
         except ValueError:
             raise BadRow("field 'solution' has no \\boxed{} answer") from None
-    return text_field(row, "problem"), gold, meta
+    return text_field(row, "problem"), gold, meta, row.get("solution")
 
 
-def jsonl_parser(task) -> Callable[[dict[str, Any]], tuple[str, str, dict]]:
-    def parse(row: dict[str, Any]) -> tuple[str, str, dict]:
+def jsonl_parser(task) -> Callable[[dict[str, Any]], tuple[str, str, dict, str | None]]:
+    def parse(row: dict[str, Any]) -> tuple[str, str, dict, str | None]:
         return (jsonl_field(row, task.question_field, "question_field"),
-                jsonl_field(row, task.answer_field, "answer_field"), {})
+                jsonl_field(row, task.answer_field, "answer_field"), {}, row.get("solution"))
 
     return parse
 
