@@ -88,3 +88,15 @@ def test_bad_config_key_is_one_line_without_traceback(tmp_path):
     assert result.exit_code == 2
     assert "unknown key 'sampling.temprature'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_bootstrap_command_saves_a_loadable_backbone(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "backbone"
+    result = runner.invoke(app, ["bootstrap", "--out", str(out), "bootstrap.n_rows=32", "bootstrap.epochs=0.25",
+                                 "bootstrap.hidden=32", "bootstrap.layers=1", "bootstrap.heads=2"])
+    assert result.exit_code == 0, result.output
+    assert AutoModelForCausalLM.from_pretrained(out).config.hidden_size == 32
+    assert AutoTokenizer.from_pretrained(out).chat_template
+    assert json.loads((out / "bootstrap.json").read_text())["settings"]["n_rows"] == 32

@@ -51,3 +51,15 @@ def test_missing_seeds_are_reported_not_invented(tmp_path):
     cell = results["arms"][0]["splits"]["test"]
     assert cell["seeds_done"] == 1
     assert cell["per_seed"] == {0: 0.5, 1: None, 2: None}
+
+
+def test_dast_arms_are_compared_with_plain_vanilla_not_with_each_other(tmp_path):
+    accuracies = {("sft", s): a for s, a in enumerate([0.50, 0.50, 0.50])}
+    accuracies |= {("dast-l", s): a for s, a in enumerate([0.40, 0.40, 0.40])}
+    accuracies |= {("dast-p", s): a for s, a in enumerate([0.52, 0.52, 0.52])}
+    fake_run(tmp_path, "arms=[{name: sft}, {name: dast-p, data: dast_p}, {name: dast-l, data: dast_l}]", accuracies)
+    results = write_report(tmp_path)
+    deltas = {e["arm"]: e["splits"]["test"].get("delta_vs_vanilla") for e in results["arms"]}
+    assert deltas["sft"] is None
+    assert deltas["dast-p"]["mean"] == pytest.approx(0.02)
+    assert deltas["dast-l"]["mean"] == pytest.approx(-0.10)

@@ -141,13 +141,14 @@ stage_command("evaluate", "Evaluate the base model and every trained arm.")
 @guarded
 def bootstrap(
     out: Annotated[Path, typer.Option("--out", help="Where to save the backbone.")] = Path("runs/backbone"),
-    config: Annotated[Path | None, typer.Option("--config", help="Take bootstrap/task settings from a config.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Take the bootstrap section from a config.")] = None,
+    overrides: Overrides = None,
 ) -> None:
-    """Train the built-in tiny backbone (warm-up SFT on the labelled arith split)."""
+    """Train the built-in tiny backbone (warm-up SFT on the labelled arith split), e.g. bootstrap.n_rows=2000."""
     from east.backbone import bootstrap as run_bootstrap
     from east.config import load_config
 
-    cfg = load_config(config) if config else load_config(None)
+    cfg = load_config(config, overrides or [])
     start = time.time()
     path = run_bootstrap(out, **dict(cfg.bootstrap))
     console.print(f"backbone saved to {path} in {time.time() - start:.0f} s")

@@ -113,7 +113,7 @@ def split_cell(root: Path, config: RunConfig, arm: ArmConfig, split: str, iterat
 
 
 def add_paired_differences(results: dict[str, Any]) -> None:
-    vanilla = {e["loss"]: e for e in results["arms"] if e["weighting"] == "none"}
+    vanilla = {e["loss"]: e for e in results["arms"] if e["weighting"] == "none" and e.get("data", "vanilla") == "vanilla"}
     for entry in results["arms"]:
         base = vanilla.get(entry["loss"])
         if base is None or base is entry:
@@ -174,7 +174,7 @@ def markdown(results: dict[str, Any]) -> str:
             d = entry["splits"][s].get("delta_vs_vanilla")
             deltas.append(pct(d["mean"], d["ci95"], sign=True) if d else "")
         lines.append(f"| {entry['display']} | " + " | ".join(cells + deltas) + " |")
-    lines += ["", "Δ: paired difference to the same loss without weighting, over the same seeds (shared samples).",
+    lines += ["", "Δ: paired difference to the same loss without weighting or DAST data, over the same seeds (shared samples).",
               "A CI that contains 0 means no difference was detected at this scale."]
     for arm, w in results.get("weights", {}).items():
         lines.append(f"- {arm}: {w['kept']} kept questions; entropy {fmt_q(w['entropy'])}; weight {fmt_q(w['weight'])}")
