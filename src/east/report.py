@@ -9,7 +9,6 @@ their samples, so the paired difference removes the sampling noise both arms hav
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from statistics import mean, stdev
@@ -209,9 +208,18 @@ def dast_lines(results: dict[str, Any]) -> list[str]:
                 lines.append(f"| {level} | {r['questions']} | {r['target']} | {r['samples']} | {r['correct_distinct']} | "
                              f"{r['reached_target']} | {r['hit_cap']} | {r['stopped_by_budget']} |")
         if "lengths" in report:
-            lines += ["", "Mean length (characters) of correct responses per level, before -> after DAST-L:",
-                      json.dumps(report["lengths"])]
+            lines += ["", "Correct responses per level before and after DAST-L (count, questions with one, mean characters):",
+                      "", "| level | before: correct | questions | mean chars | after: correct | questions | mean chars |",
+                      "|---|---|---|---|---|---|---|"]
+            for level, r in report["lengths"].items():
+                b, a = r["before"], r["after"]
+                lines.append(f"| {level} | {b['correct']} | {b['questions_with_correct']} | {fmt_chars(b['mean_chars'])} | "
+                             f"{a['correct']} | {a['questions_with_correct']} | {fmt_chars(a['mean_chars'])} |")
     return lines
+
+
+def fmt_chars(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def fmt_q(q: dict[str, float]) -> str:
@@ -306,7 +314,8 @@ def figure5(root: Path, results: dict[str, Any]) -> None:
     left.set_xlabel("entropy h (nats)")
     left.set_ylabel("1 - accuracy")
     bars = [(e["display"], e["splits"]["test"]) for e in results["arms"]
-            if e["weighting"] in ("none", "entropy", "accuracy", "rejection") and e["splits"]["test"]["mean"] is not None]
+            if e["loss"] == "sft" and e.get("data", "vanilla") == "vanilla" and e["mapping"] == "power"
+            and e["weighting"] in ("none", "entropy", "accuracy", "rejection") and e["splits"]["test"]["mean"] is not None]
     if bars:
         right.barh([b[0] for b in bars], [100 * b[1]["mean"] for b in bars],
                    xerr=[0 if math.isnan(b[1]["ci95"]) else 100 * b[1]["ci95"] for b in bars])
