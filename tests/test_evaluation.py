@@ -60,3 +60,20 @@ def test_evaluate_reports_greedy_maj_and_pass_from_samples():
     assert rows[0]["maj@4"] is True and rows[1]["maj@4"] is False
     assert summary["pass@4"] == 1.0  # each question has a correct sample among its 4
     assert summary["sample_accuracy"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+
+
+def test_gsm8k_reports_strict_and_flexible_accuracy():
+    from east.evaluation import evaluate
+    from east.records import Question
+    from east.sampling import Generation
+
+    questions = [Question("q1", "?", "12"), Question("q2", "?", "5")]
+    texts = {"p1": "3*4=12, so the answer is 12", "p2": "I think it is 5"}  # only q1 has a strict answer
+
+    def generate(prompts, n, temperature, seed):
+        return [Generation([texts[p]], [3], [True]) for p in prompts]
+
+    _, summary = evaluate(questions, ["p1", "p2"], generate, kind="gsm8k")
+    assert summary["accuracy"] == 0.5
+    assert summary["accuracy_flexible"] == 1.0
+    assert summary["no_answer"] == 1 and summary["timeout"] == 0

@@ -55,7 +55,8 @@ def evaluate(
     grades = grade([g.texts[0] for g in greedy], [q.gold for q in questions], kind, timeout=timeout)
     rows = [
         {"question_id": q.question_id, "prompt": p, "response": g.texts[0], "gold": q.gold, "answer": gr.answer,
-         "correct": gr.correct, "status": gr.status, "num_tokens": g.num_tokens[0], **level_fields(q)}
+         "correct": gr.correct, "status": gr.status, "num_tokens": g.num_tokens[0], **level_fields(q),
+         **({"flexible_correct": gr.flexible_correct} if gr.flexible_correct is not None else {})}
         for q, p, g, gr in zip(questions, prompts, greedy, grades)
     ]
     summary = summarise_rows(rows)
@@ -77,8 +78,12 @@ def summarise_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "correct": correct,
         "accuracy": correct / n if n else 0.0,
         "no_answer": sum(r["status"] == "no_answer" for r in rows),
+        "timeout": sum(r["status"] == "timeout" for r in rows),  # symbolic grading gave up: counted wrong
+        "grading_error": sum(r["status"] == "error" for r in rows),
         "mean_tokens": sum(r["num_tokens"] for r in rows) / n if n else 0.0,
     }
+    if rows and all("flexible_correct" in r for r in rows):  # GSM8K: last number in the response
+        summary["accuracy_flexible"] = sum(r["flexible_correct"] for r in rows) / n
     for group in ("level", "type", "steps"):
         values = sorted({r[group] for r in rows if group in r}, key=str)
         if values:
