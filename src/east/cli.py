@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Uncertainty-weighted self-training (EAST) and difficulty-aware self-training (DAST).")
-console = Console()
+console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes
 state = {"verbose": False}
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -210,8 +210,8 @@ def print_results(root: Path) -> None:
 
     for arm, w in results.get("weights", {}).items():
         if any(e["arm"] == arm and e["weighting"] in ("entropy", "accuracy", "rejection") for e in results["arms"]):
-            console.print(f"{arm}: {w['kept']} questions kept | entropy {fmt_q(w['entropy'])} | "
-                          f"weight {fmt_q(w['weight'])}", highlight=False)
+            console.print(f"entropy of the {w['kept']} kept questions ({arm}): {fmt_q(w['entropy'])}", highlight=False)
+            console.print(f"weights of the {w['kept']} kept questions ({arm}): {fmt_q(w['weight'])}", highlight=False)
     console.print(f"tables: {root / 'results.md'}  data: {root / 'results.json'}", highlight=False)
 
 
