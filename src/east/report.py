@@ -257,6 +257,7 @@ def figure4(root: Path, results: dict[str, Any]) -> None:
         ci = [0 if math.isnan(c["ci95"]) else 100 * c["ci95"] for _, c in points]
         ax.plot(xs, ys, marker="o", label=e["display"])
         ax.fill_between(xs, [y - d for y, d in zip(ys, ci)], [y + d for y, d in zip(ys, ci)], alpha=0.2)
+    ax.set_xticks(range(1, 1 + max(len(e["iterations"]) for e in arms)))
     ax.set_xlabel("self-training iteration")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
