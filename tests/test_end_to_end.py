@@ -50,6 +50,8 @@ def test_weights_have_mean_one_over_kept_questions(tiny_run):
     east = io.read_parquet(out / "seed-0" / "sft+east" / "stats.parquet")
     kept = [r for r in east if r["kept"]]
     assert kept, "the tiny run kept no question"
+    assert {r["level"] for r in east} <= {"easiest", "easy", "medium", "hard", "hardest", "unsolved"}
+    assert all(r["level"] == "unsolved" for r in east if r["drop_reason"] == "all_wrong")
     assert sum(r["weight"] for r in kept) / len(kept) == pytest.approx(1.0)
     assert {r["weight"] for r in vanilla if r["kept"]} == {1.0}
     assert [r["kept"] for r in vanilla] == [r["kept"] for r in east]  # the same questions, different weights

@@ -527,10 +527,22 @@ def stage_weight(run: Run, cell: Cell) -> None:
             stats = question_stats(read_graded(graded_path), **args)
         except ValueError as exc:
             raise UserError(f"arm {cell.arm.label()}: {exc}") from None
-        io.write_parquet(out, [s.to_dict() for s in stats])
+        levels = difficulty_levels(run, cell, stats)
+        io.write_parquet(out, [{**s.to_dict(), "level": levels[s.question_id]} for s in stats])
         return summarise(stats)
 
-    run.stage(f"{cell.arm_name()}/weight", args, [graded_stage], [out], build)
+    cuts = {k: getattr(run.config.dast, k) for k in ("easy_above", "medium_from", "hard_above")}
+    config = {**args, "level_cuts": cuts}
+    run.stage(f"{cell.arm_name()}/weight", config, [graded_stage], [out], build)
+
+
+def difficulty_levels(run: Run, cell: Cell, stats: list[QuestionStats]) -> dict[str, str]:
+    """DAST levels of the sampling model: for DAST arms those of its first round, else from sampled accuracy."""
+    from east.weighting.difficulty import difficulty_levels as levels_of
+
+    if cell.arm.data != "vanilla":
+        return io.read_json(levels_path(run, cell, cell.arm.data))["levels"]
+    return levels_of(stats, None, run.config.dast.cuts())
 
 
 def stage_select(run: Run, cell: Cell) -> None:

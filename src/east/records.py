@@ -71,3 +71,4 @@ class QuestionStats(Record):
     drop_reason: str | None  # "all_wrong" | "all_correct" | None
     signal: float  # the value fed to the mapping (entropy, 1 - accuracy or rejection)
     weight: float  # 0.0 for dropped questions; mean 1 over kept ones
+    level: str | None = None  # DAST difficulty level of the sampling model (easiest ... unsolved)
