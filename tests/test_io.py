@@ -52,3 +52,14 @@ def test_malformed_jsonl_names_the_line(tmp_path):
 def test_empty_tables_are_refused(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         io.write_parquet(tmp_path / "x.parquet", [])
+
+
+def test_artifacts_get_the_umask_permissions_not_private_ones(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = io.write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -34,6 +34,8 @@ def atomic_path(path: Path, *, directory: bool = False):
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+    # mkstemp/mkdtemp create private (0600/0700) entries; artifacts get the permissions of a plain open().
+    tmp.chmod((0o777 if directory else 0o666) & ~current_umask())
     try:
         yield tmp
         if not directory:
@@ -48,6 +50,12 @@ def atomic_path(path: Path, *, directory: bool = False):
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_parquet(path: Path, rows: list[dict[str, Any]]) -> Path:
