@@ -45,6 +45,18 @@ def test_table_has_paired_deltas_and_paper_order(tmp_path):
     assert (tmp_path / "figure3.png").stat().st_size > 1000
 
 
+def test_figure3_plots_only_sft_entropy_arms(tmp_path, monkeypatch):
+    from east import report
+
+    plotted = []
+    monkeypatch.setattr(report, "atomic_savefig", lambda fig, path: plotted.append(list(fig.axes[0].lines[0].get_xdata())))
+    accuracies = {(arm, s): 0.5 for arm in ("sft", "east@1", "east@2", "dpo", "dpo+east") for s in range(3)}
+    fake_run(tmp_path, "arms=[{name: sft}, {name: east, weighting: entropy, a: [1, 2]}, {name: dpo, loss: dpo}, "
+                       "{name: dpo+east, loss: dpo, weighting: entropy, a: 1}]", accuracies)
+    report.write_report(tmp_path)
+    assert plotted[0] == [1.0, 2.0]
+
+
 def test_missing_seeds_are_reported_not_invented(tmp_path):
     fake_run(tmp_path, "arms=[{name: sft}]", {("sft", 0): 0.5})
     results = write_report(tmp_path)

@@ -267,9 +267,10 @@ def figure4(root: Path, results: dict[str, Any]) -> None:
 
 
 def figure3(root: Path, results: dict[str, Any]) -> None:
-    """Accuracy against the power exponent a (SFT arms with entropy weights), with CI bands."""
+    """Accuracy against the power exponent a (plain SFT arms with entropy weights), with CI bands."""
     points = [(e["a"], e["splits"]["test"]) for e in results["arms"]
-              if e["weighting"] == "entropy" and e["mapping"] == "power" and e["splits"]["test"]["mean"] is not None]
+              if e["loss"] == "sft" and e.get("data", "vanilla") == "vanilla" and e["weighting"] == "entropy"
+              and e["mapping"] == "power" and e["splits"]["test"]["mean"] is not None]
     if len({a for a, _ in points}) < 2:
         return
     import matplotlib
