@@ -100,7 +100,10 @@ def train(
         seed=seed,
         bf16=bf16,
         report_to="none",
+        # transformers 5 renamed the flag (activation_checkpointing); setting both avoids its deprecation warning.
         gradient_checkpointing=gradient_checkpointing,
+        activation_checkpointing=gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
         lr_scheduler_type=lr_scheduler_type,
         logging_steps=logging_steps,
         disable_tqdm=True,  # the pipeline prints one line per stage; the loss curve goes to train_metrics.json
