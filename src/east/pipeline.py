@@ -344,8 +344,7 @@ def stage_sample(run: Run, cell: Cell) -> None:
             generations = generate(run, model, tokenizer, prompts[start : start + cfg.shard_size], cfg.n,
                                    temperature=cfg.temperature, seed=shard_seed(cell.seed * 1000 + cell.iteration, index),
                                    max_new_tokens=cfg.max_new_tokens, token_budget=cfg.token_budget)
-            shard_rows = [SampleSet(q.question_id, p, g.texts, g.num_tokens, g.finished).to_dict()
-                          for q, p, g in zip(batch, prompts[start:], generations)]
+            shard_rows = [g.to_sample_set(q.question_id, p).to_dict() for q, p, g in zip(batch, prompts[start:], generations)]
             io.write_parquet(shard_path, shard_rows)
             rows.extend(shard_rows)
             run.log(f"  shard {index}: {len(rows)}/{len(questions)} questions sampled")
@@ -422,7 +421,7 @@ def levels_path(run: Run, cell: Cell, data: str) -> Path:
 def greedy_verdicts(run: Run, model, tokenizer, questions: list[Question], prompts: list[str]) -> dict[str, bool]:
     generations = generate(run, model, tokenizer, prompts, 1, temperature=0.0, seed=0,
                            max_new_tokens=run.config.sampling.max_new_tokens, token_budget=run.config.sampling.token_budget)
-    sets = [SampleSet(q.question_id, p, g.texts, g.num_tokens, g.finished) for q, p, g in zip(questions, prompts, generations)]
+    sets = [g.to_sample_set(q.question_id, p) for q, p, g in zip(questions, prompts, generations)]
     graded, _ = grade_sets(run, sets, {q.question_id: q.gold for q in questions})
     return {g.question_id: bool(g.correct[0]) for g in graded}
 
@@ -469,7 +468,7 @@ def sample_more_fn(run: Run, cell: Cell, model, tokenizer, questions: dict[str, 
                                seed=shard_seed(cell.seed * 1000 + cell.iteration, 1_000_000 + round_index),
                                max_new_tokens=run.config.sampling.max_new_tokens,
                                token_budget=run.config.sampling.token_budget)
-        sets = [SampleSet(i, prompts[i], g.texts, g.num_tokens, g.finished) for i, g in zip(ids, generations)]
+        sets = [g.to_sample_set(i, prompts[i]) for i, g in zip(ids, generations)]
         return grade_sets(run, sets, golds)[0]
 
     return sample_more
@@ -492,7 +491,7 @@ def dast_l_merge(run: Run, cell: Cell, model, tokenizer, questions, graded, leve
         generations = generate(run, model, tokenizer, prompts, cfg.n_long, temperature=run.config.sampling.temperature,
                                seed=shard_seed(cell.seed * 1000 + cell.iteration, 2_000_000),
                                max_new_tokens=run.config.sampling.max_new_tokens, token_budget=run.config.sampling.token_budget)
-        long_sets = [SampleSet(i, p, g.texts, g.num_tokens, g.finished) for i, p, g in zip(ids, prompts, generations)]
+        long_sets = [g.to_sample_set(i, p) for i, p, g in zip(ids, prompts, generations)]
         io.write_parquet(samples_dir(run, cell) / "samples-dast_l.parquet", [s.to_dict() for s in long_sets])
     graded_long = grade_sets(run, long_sets, {i: questions[i].gold for i in ids})[0] if long_sets else []
     merged = dast.merge_long(graded, graded_long, levels, cfg)
