@@ -175,11 +175,17 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
     manifests = sorted((run_dir / "manifests").glob("*.json")) if (run_dir / "manifests").exists() else []
     if not manifests:
         raise UserError(f"{run_dir}: no finished stages (no manifests/)")
-    table = Table("stage", "finished", "seconds", "counts")
-    for path in manifests:
-        m = io.read_json(path)
-        counts = ", ".join(f"{k}={v}" for k, v in m.get("counts", {}).items() if not isinstance(v, (dict, list)))
-        table.add_row(m["stage"], m["finished_at"], f"{m['seconds']:.1f}", counts[:80])
+    table = Table(title=f"{run_dir}: {len(manifests)} finished stage(s), in the order they ran")
+    table.add_column("stage", no_wrap=True)
+    table.add_column("finished", no_wrap=True)
+    table.add_column("s", justify="right", no_wrap=True)
+    table.add_column("counts")
+    # A manifest is written last in its stage, so its mtime orders the stages (finished_at has 1 s resolution).
+    found = [io.read_json(path) for path in sorted(manifests, key=lambda p: p.stat().st_mtime_ns)]
+    for m in found:
+        plain = [(k, v) for k, v in m.get("counts", {}).items() if not isinstance(v, (dict, list))]
+        counts = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in plain[:4])
+        table.add_row(m["stage"], m["finished_at"][11:], f"{m['seconds']:.1f}", counts)
     console.print(table)
     shards = list(run_dir.glob("seed-*/shards/*.parquet"))
     if shards:
