@@ -3,7 +3,6 @@ weights), DAST-P (SFT and DPO), DAST-L, DAST-P + EAST, out-of-domain evaluation,
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from east import io

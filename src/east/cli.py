@@ -194,26 +194,17 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
 
 def print_results(root: Path) -> None:
     from east import io
+    from east.report import fmt_q, table_rows
 
     results = io.read_json(root / "results.json")
     splits = results["splits"]
     table = Table(title=f"{results['name']}: accuracy % (mean ± 95% CI over seeds {results['seeds']})")
     table.add_column("setting")
-    for split in splits:
-        table.add_column(split, justify="right")
-    for split in splits:
-        table.add_column(f"Δ {split}", justify="right")
-    from east.report import pct
-
-    table.add_row("default", *[pct(results["default"][s]) for s in splits], *["" for _ in splits])
-    for entry in results["arms"]:
-        cells = [pct(entry["splits"][s]["mean"], entry["splits"][s]["ci95"]) for s in splits]
-        deltas = [pct(d["mean"], d["ci95"], sign=True) if (d := entry["splits"][s].get("delta_vs_vanilla")) else ""
-                  for s in splits]
-        table.add_row(entry["display"], *cells, *deltas)
+    for name in [*splits, *(f"Δ {split}" for split in splits)]:
+        table.add_column(name, justify="right")
+    for row in table_rows(results):
+        table.add_row(*row)
     console.print(table)
-    from east.report import fmt_q
-
     for arm, w in results.get("weights", {}).items():
         if any(e["arm"] == arm and e["weighting"] in ("entropy", "accuracy", "rejection") for e in results["arms"]):
             console.print(f"entropy of the {w['kept']} kept questions ({arm}): {fmt_q(w['entropy'])}", highlight=False)

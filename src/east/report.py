@@ -159,20 +159,25 @@ def pct(value: float | None, ci: float | None = None, sign: bool = False) -> str
     return text
 
 
+def table_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The accuracy table's cells: setting, accuracy per split, then Δ vs vanilla per split."""
+    splits = results["splits"]
+    rows = [["default", *(pct(results["default"][s]) for s in splits), *("" for _ in splits)]]
+    for entry in results["arms"]:
+        cells = [pct(entry["splits"][s]["mean"], entry["splits"][s]["ci95"]) for s in splits]
+        deltas = [pct(d["mean"], d["ci95"], sign=True) if (d := entry["splits"][s].get("delta_vs_vanilla")) else ""
+                  for s in splits]
+        rows.append([entry["display"], *cells, *deltas])
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     splits = results["splits"]
     seeds = results["seeds"]
     head = ["setting"] + [f"{s} acc. %" for s in splits] + [f"{s} Δ vs vanilla" for s in splits]
     lines = [f"# {results['name']}: accuracy (%), mean ± 95% CI over {len(seeds)} seed(s) {seeds}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| default | " + " | ".join(pct(results["default"][s]) for s in splits) + " |" + " |" * len(splits))
-    for entry in results["arms"]:
-        cells = [pct(entry["splits"][s]["mean"], entry["splits"][s]["ci95"]) for s in splits]
-        deltas = []
-        for s in splits:
-            d = entry["splits"][s].get("delta_vs_vanilla")
-            deltas.append(pct(d["mean"], d["ci95"], sign=True) if d else "")
-        lines.append(f"| {entry['display']} | " + " | ".join(cells + deltas) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
     lines += ["", "Δ: paired difference to the same loss without weighting or DAST data, over the same seeds (shared samples).",
               "A CI that contains 0 means no difference was detected at this scale."]
     for arm, w in results.get("weights", {}).items():
