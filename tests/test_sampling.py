@@ -100,30 +100,60 @@ def test_greedy_matches_generate(tok, path, token_budget, attn):
         assert gen.finished == [fin, fin]
 
 
-def test_refills_slot_moves_and_compaction_keep_greedy_exact(tok, monkeypatch):
-    """Many prompts through 5 rows: prompt slots are freed out of order (and moved), the batch shrinks at the end."""
+def test_refills_slot_moves_and_branch_moves_keep_greedy_exact(tok, monkeypatch):
+    """Many prompts through 5 rows: prompt slots are freed out of order (and moved), branch rows move into holes."""
     model = tiny_llama(len(tok))
     prompts = PROMPTS + [p[::-1] for p in PROMPTS] + [p.upper().lower() + "7" for p in PROMPTS]
     events = Counter()
-    free_prompt_slot, compact = hf.SlotBatcher.free_prompt_slot, hf.SlotBatcher.compact_if_sparse
+    free_prompt_slot, copy_rows = hf.SlotBatcher.free_prompt_slot, hf.SlotLayer.copy_rows
 
     def counting_free(self, slot):
         events["moved" if slot != len(self.prompt_in_slot) - 1 else "last"] += 1
         free_prompt_slot(self, slot)
 
-    def counting_compact(self):
-        rows = len(self.active)
-        compact(self)
-        events["compacted"] += len(self.active) < rows
+    def counting_copy(self, source, target, columns):
+        events["branch rows copied"] += len(source)
+        copy_rows(self, source, target, columns)
 
     monkeypatch.setattr(hf.SlotBatcher, "free_prompt_slot", counting_free)
-    monkeypatch.setattr(hf.SlotBatcher, "compact_if_sparse", counting_compact)
+    monkeypatch.setattr(hf.SlotLayer, "copy_rows", counting_copy)
     longest = max(len(p) for p in prompts)
     gens = sample(model, tok, prompts, n=2, temperature=0, max_new_tokens=30, token_budget=5 * (longest + 30))
     for prompt, gen in zip(prompts, gens):
         text, num, fin = hf_text(tok, hf_greedy(model, tok, prompt, 30))
         assert (gen.texts, gen.num_tokens, gen.finished) == ([text] * 2, [num] * 2, [fin] * 2)
-    assert events["moved"] > 0 and events["compacted"] > 0, events
+    assert events["moved"] > 0 and events["branch rows copied"] > 0, events
+
+
+def test_shared_prefixes_split_into_branches_and_change_nothing(tok, monkeypatch):
+    """A confident model: samples of a prompt share branches, which split as they draw different tokens.
+
+    The output equals that of the padded path, which runs one row per sample.
+    """
+    model = tiny_llama(len(tok), seed=3)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(16)  # sharper still: many draws agree, some do not
+    seen = Counter()
+    decode_step, copy_rows = hf.SlotBatcher.decode_step, hf.SlotLayer.copy_rows
+
+    def counting_step(self):
+        seen["samples"] += int(self.active.sum())
+        seen["branches"] += self.branches
+        decode_step(self)
+
+    def counting_copy(self, source, target, columns):
+        seen["copied"] += len(source)
+        copy_rows(self, source, target, columns)
+
+    monkeypatch.setattr(hf.SlotBatcher, "decode_step", counting_step)
+    monkeypatch.setattr(hf.SlotLayer, "copy_rows", counting_copy)
+    kwargs = dict(n=12, temperature=1.0, max_new_tokens=30, seed=4)
+    shared = sample(model, tok, PROMPTS, token_budget=40 * 54, **kwargs)
+    assert seen["branches"] < 0.8 * seen["samples"], seen
+    assert seen["copied"] > 0, seen
+    assert any(len(set(g.texts)) > 1 for g in shared)
+    monkeypatch.setattr(hf, "uses_slot_cache", lambda model: False)
+    assert sample(model, tok, PROMPTS, **kwargs) == shared
 
 
 def test_greedy_covers_eos_and_max_tokens(tok, model):

@@ -12,9 +12,12 @@ is bounded by the matmuls of the weights and by reading the KV cache):
 - the KV cache is preallocated per layer and fed to the model through the `transformers` Cache API
   (a custom attention function reads it), so decoding writes one column per step instead of
   re-concatenating the cache;
+- samples of one prompt that have drawn the same tokens so far share one row of the forward (a
+  branch), since their next-token logits are the same; a branch splits when its samples draw different
+  tokens. Each sample still draws from its own random stream, so this changes the cost, not the output;
 - a row whose sample ends (EOS, stop string, `max_new_tokens`) is refilled from the queue of prompts
-  (continuous batching), so a long tail does not keep a mostly finished batch busy; once the queue is
-  empty the batch is compacted to its live rows;
+  (continuous batching), so a long tail does not keep a mostly finished batch busy; the forward runs
+  over the live branches only;
 - prompts are scheduled longest first, so prefill batches have similar lengths and long prompts do not
   end up alone in the tail;
 - the number of rows comes from `token_budget` (rows x (longest prompt + max_new_tokens) tokens);
@@ -59,8 +62,8 @@ REFILL_SHARE = 1 / 16
 PROMPT_SLOT_FACTOR = 4
 # First width (columns) of the generated part of the KV cache; it doubles as samples grow.
 INITIAL_OWN_COLUMNS = 16
-# Once the queue is empty, drop finished rows when they are at least this share of the batch.
-COMPACT_SHARE = 1 / 4
+# A decode step reads the generated part up to the longest live branch, rounded up to this many columns.
+COLUMN_BLOCK = 16
 
 OnDone = Callable[[int, Generation], None]
 
@@ -333,7 +336,7 @@ def progress_bar(total: int):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The fast path: slots over a preallocated KV cache.
+# The fast path: branches over a preallocated KV cache.
 
 
 class SlotLayer(DynamicLayer):
@@ -341,14 +344,17 @@ class SlotLayer(DynamicLayer):
 
     - prompt part, (prompt slots, kv_heads, prompt_cols, head_dim): each prompt's KV once, right-aligned,
       shared by its n samples; occupied slots are kept at the front so a step reads only those;
-    - generated part, (row slots, kv_heads, columns, head_dim): column g holds generated token g; it
-      starts narrow and doubles when the longest live sample needs it (up to max_new_tokens), since
-      every step reads all of it.
+    - generated part, (branches, kv_heads, columns, head_dim): one row per branch (a generated prefix
+      shared by one or more samples, see `SlotBatcher`), column g holding generated token g; live
+      branches are kept at the front, and the part starts narrow and doubles when the longest live
+      branch needs it (up to max_new_tokens); a step reads only the columns up to the longest live
+      branch.
 
-    `update` writes one generated column per row and returns the generated part; `slot_attention` reads
-    the prompt part through `ACTIVE_BATCH`. Reading each prompt's keys once per step for all its samples
-    (one matrix product per prompt instead of n matrix-vector products) cuts the memory traffic that
-    bounds decoding on CPU; and whole contiguous buffers read about twice as fast as column slices.
+    `update` writes one generated column per live branch and returns the live rows of the generated
+    part (a view); `slot_attention` reads the prompt part through `ACTIVE_BATCH`. Reading each prompt's
+    keys once per step for all its branches (one matrix product per prompt instead of one
+    matrix-vector product per sample) cuts the memory traffic that bounds decoding on CPU; and whole
+    contiguous buffers read about twice as fast as column slices.
     """
 
     def __init__(self, prompt_keys, prompt_values, keys, values, plan: DecodePlan):
@@ -360,9 +366,10 @@ class SlotLayer(DynamicLayer):
 
     def update(self, key_states, value_states, *args, **kwargs):
         plan = self.plan
+        live = len(plan.write_col)
         self.keys[plan.rows, :, plan.write_col] = key_states[:, :, 0]
         self.values[plan.rows, :, plan.write_col] = value_states[:, :, 0]
-        return self.keys, self.values
+        return self.keys[:live, :, : plan.columns], self.values[:live, :, : plan.columns]
 
     def get_seq_length(self) -> int:
         return self.prompt_keys.shape[2] + self.keys.shape[2]
@@ -375,19 +382,25 @@ class SlotLayer(DynamicLayer):
             new[:, :, : old.shape[2]] = old
             setattr(self, name, new)
 
+    def copy_rows(self, source: torch.Tensor, target: torch.Tensor, columns: int) -> None:
+        """Generated KV of branches `source` (their first `columns` columns) into rows `target`."""
+        for part in (self.keys, self.values):
+            part[target, :, :columns] = part[source, :, :columns]
+
 
 @dataclass
 class DecodePlan:
-    """Per decode step: where each row writes; for live rows, their prompt slot and sample; prompt masks."""
+    """Per decode step, for the live branches (rows 0..len-1): where each writes, its prompt slot and its
+    rank among the branches of that prompt; the additive masks of the occupied prompt slots."""
 
     rows: torch.Tensor
     write_col: torch.Tensor
-    live: torch.Tensor | None = None
-    prompt_slot: torch.Tensor | None = None  # of the live rows
-    sample: torch.Tensor | None = None  # of the live rows
+    prompt_slot: torch.Tensor | None = None
+    rank: torch.Tensor | None = None
+    width: int = 1  # most branches of one prompt
+    columns: int = 1  # generated columns any live branch reads: the others are not read at all
     occupied: int = 0  # prompt slots in use: [0, occupied)
     prompt_mask: torch.Tensor | None = None  # (occupied, 1, 1, prompt_cols), additive
-    samples_per_prompt: int = 1
 
 
 class SlotCache(Cache):
@@ -400,38 +413,35 @@ ACTIVE_BATCH: ContextVar[SlotCache | None] = ContextVar("east_active_slot_cache"
 
 
 def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention of one new token per row over its prompt (shared per prompt) and its generated tokens.
+    """Attention of one new token per branch over its prompt (shared per prompt) and its generated tokens.
 
-    The prompt part runs with queries grouped by (prompt slot, sample): one matrix product per prompt
-    and kv head, whose keys are read once for all samples. The two parts are merged through their
-    log-sum-exp (as in flash-decoding), so per-row probabilities are never scattered. Key/value heads
-    serve their query-head groups by reshaping the queries (GQA), not by repeating keys. Prefill
-    (boolean mask) goes to transformers' sdpa.
+    The prompt part runs with queries grouped by (prompt slot, rank of the branch in it): one matrix
+    product per prompt and kv head, whose keys are read once for all its branches. The two parts are
+    merged through their log-sum-exp (as in flash-decoding), so per-row probabilities are never
+    scattered. Key/value heads serve their query-head groups by reshaping the queries (GQA), not by
+    repeating keys. Prefill (boolean mask) goes to transformers' sdpa.
     """
     cache = ACTIVE_BATCH.get()
     if cache is None or attention_mask.dtype == torch.bool:  # prefill
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    plan = cache.layers[module.layer_idx].plan
     layer = cache.layers[module.layer_idx]
-    plan = layer.plan
     rows, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
     q = query.reshape(rows, kv_heads, group, dim) * (dim**-0.5 if scaling is None else scaling)
 
-    # Own (generated) tokens, per row.
+    # Own (generated) tokens, per branch.
     own_out, own_lse = attend(torch.matmul(q, key.transpose(2, 3)) + attention_mask, value)
 
-    # Prompt tokens, per occupied prompt slot; free rows get nothing from this part.
-    occupied, n = plan.occupied, plan.samples_per_prompt
-    grouped = q.new_zeros(occupied, n, kv_heads, group, dim)
-    grouped[plan.prompt_slot, plan.sample] = q[plan.live]
-    grouped = grouped.transpose(1, 2).reshape(occupied, kv_heads, n * group, dim)
+    # Prompt tokens, per occupied prompt slot.
+    occupied, width = plan.occupied, plan.width
+    grouped = q.new_zeros(occupied, width, kv_heads, group, dim)
+    grouped[plan.prompt_slot, plan.rank] = q
+    grouped = grouped.transpose(1, 2).reshape(occupied, kv_heads, width * group, dim)
     scores = torch.matmul(grouped, layer.prompt_keys[:occupied].transpose(2, 3)) + plan.prompt_mask
     per_prompt = torch.cat(attend(scores, layer.prompt_values[:occupied]), dim=-1)
-    per_prompt = per_prompt.view(occupied, kv_heads, n, group, dim + 1)[plan.prompt_slot, :, plan.sample]
-    prompt = torch.zeros(rows, kv_heads, group, dim + 1, dtype=per_prompt.dtype)
-    prompt[..., dim] = torch.finfo(per_prompt.dtype).min
-    prompt[plan.live] = per_prompt
+    prompt = per_prompt.view(occupied, kv_heads, width, group, dim + 1)[plan.prompt_slot, :, plan.rank]
 
     # Softmax over both parts = each part's softmax, weighted by its share of the total exp-mass.
     prompt_share = torch.sigmoid(prompt[..., dim:] - own_lse)
@@ -468,11 +478,30 @@ def slot_attention_for(model, cache: SlotCache | None) -> Iterator[None]:
         config._attn_implementation = original
 
 
-class SlotBatcher:
-    """Continuous batching over the prompt queue on a slot KV cache (see `SlotLayer` for the layout).
+def ranks_within(groups: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
+    """(rank of each element among the elements of its group, largest group size); groups in [0, count)."""
+    order = torch.argsort(groups, stable=True)
+    sizes = torch.bincount(groups, minlength=count)
+    starts = torch.cumsum(sizes, 0) - sizes
+    rank = torch.empty_like(groups)
+    rank[order] = torch.arange(len(groups)) - starts[groups[order]]
+    return rank, int(sizes.max()) if len(groups) else 1
 
-    Rows (samples) and prompt slots are allocated separately: a prompt holds its slot until all its n
-    samples have ended, and a free row takes the next sample of the queue as soon as a refill happens.
+
+class SlotBatcher:
+    """Continuous batching over the prompt queue, with samples that share a prefix computed once.
+
+    Three kinds of places, each with its own capacity:
+    - sample rows (`slots`): the samples in flight, each with its own random stream and tokens;
+    - branches (at most one per sample row): the distinct (prompt, generated prefix) of the samples in
+      flight. Samples of one prompt that have drawn the same tokens so far have the same next-token
+      logits, so the model runs once per branch, not once per sample; after each draw a branch splits
+      into one branch per distinct token (a split copies the branch's generated KV). A trained model
+      is confident on most tokens (the trained backbone at n=16: 2.9 samples per branch on average;
+      at n=64: 4.9), a random one splits at once. Every sample still draws its own token from its
+      own stream, so the output is exactly that of one row per sample;
+    - prompt slots: a prompt holds its slot (its prompt KV) until all its n samples have ended.
+    A free sample row takes the next sample of the queue at the next refill.
     """
 
     def __init__(self, model, prompt_ids: list[list[int]], settings: Settings, results: Results, token_budget: int):
@@ -493,17 +522,21 @@ class SlotBatcher:
         self.slot_prompt_len = torch.ones(self.prompt_slots, dtype=torch.int64)
         self.cache: SlotCache | None = None
         self.own_cols = min(INITIAL_OWN_COLUMNS, settings.max_new_tokens)  # current width of the generated part
-        self.plan = DecodePlan(rows=torch.arange(self.slots), write_col=torch.zeros(self.slots, dtype=torch.int64),
-                               samples_per_prompt=n)
+        self.plan = DecodePlan(rows=torch.arange(0), write_col=torch.zeros(0, dtype=torch.int64))
         s = self.slots
+        # Sample rows.
         self.active = torch.zeros(s, dtype=torch.bool)
         self.prompt_of = torch.zeros(s, dtype=torch.int64)
-        self.prompt_slot = torch.zeros(s, dtype=torch.int64)
         self.sample_of = torch.zeros(s, dtype=torch.int64)
-        self.prompt_len = torch.ones(s, dtype=torch.int64)
-        self.generated = torch.ones(s, dtype=torch.int64)
+        self.generated = torch.zeros(s, dtype=torch.int64)
         self.keys = torch.zeros(s, dtype=torch.int64)
         self.tokens = torch.zeros(s, settings.max_new_tokens, dtype=torch.int64)
+        self.branch_of = torch.zeros(s, dtype=torch.int64)
+        # Branches: the live ones are rows [0, self.branches).
+        self.branches = 0
+        self.branch_slot = torch.zeros(s, dtype=torch.int64)  # prompt slot
+        self.branch_len = torch.zeros(s, dtype=torch.int64)  # tokens generated, the last one not yet fed
+        self.branch_token = torch.zeros(s, dtype=torch.int64)  # that last token
 
     # -- main loop ---------------------------------------------------------------------------------
 
@@ -517,8 +550,6 @@ class SlotBatcher:
             if not self.active.any():
                 return
             self.decode_step()
-            if not waiting:
-                self.compact_if_sparse()
 
     def rows_waiting(self) -> int:
         remaining_prompts = len(self.queue) - self.next_prompt
@@ -544,15 +575,16 @@ class SlotBatcher:
         sample_index = torch.tensor([j for _, j in rows])
         self.active[slots] = True
         self.prompt_of[slots] = prompt_index
-        self.prompt_slot[slots] = torch.tensor([self.slot_of_prompt[p] for p, _ in rows])
         self.sample_of[slots] = sample_index
-        self.prompt_len[slots] = torch.tensor([len(self.prompt_ids[p]) for p, _ in rows])
         self.keys[slots] = row_keys(self.settings.seed, prompt_index, sample_index)
         self.generated[slots] = 0
         # The first token of every sample comes from its prompt's prefill logits; a partly admitted
         # prompt keeps its logits until its last sample is admitted.
         self.pending_logits = {p: lg for p, lg in first_logits.items() if self.next_sample and p == self.queue[self.next_prompt]}
-        self.append_tokens(slots, torch.cat([first_logits[p] for p, _ in rows]))
+        survivors, new = self.draw(slots, torch.cat([first_logits[p] for p, _ in rows]))
+        # Read after the draw: a prompt whose samples all ended at once gave up its slot to another.
+        prompt_slot = torch.tensor([self.slot_of_prompt[p] for p in self.prompt_of[survivors].tolist()], dtype=torch.int64)
+        self.branch_out(survivors, prompt_slot, new, parent=None)
         return True
 
     def take_from_queue(self, count: int) -> tuple[list[tuple[int, int]], list[int]]:
@@ -622,54 +654,112 @@ class SlotBatcher:
     # -- decoding ----------------------------------------------------------------------------------
 
     def decode_step(self) -> None:
-        g = self.generated
+        """One forward over the live branches, then one token for every sample in flight."""
+        b = self.branches
+        g = self.branch_len[:b]
         needed = int(g.max())
         if needed > self.own_cols:
             self.own_cols = min(self.settings.max_new_tokens, max(needed, 2 * self.own_cols))
             for layer in self.cache.layers:
                 layer.widen(self.own_cols)
         plan, dtype = self.plan, self.model.dtype
-        last = self.tokens.gather(1, (g - 1).clamp(min=0)[:, None])
-        plan.rows = torch.arange(len(g))
+        plan.rows = torch.arange(b)
         plan.write_col = g - 1
-        plan.live = self.active.nonzero().flatten()
-        plan.prompt_slot = self.prompt_slot[plan.live]
-        plan.sample = self.sample_of[plan.live]
+        plan.prompt_slot = self.branch_slot[:b]
         plan.occupied = len(self.prompt_in_slot)
+        plan.rank, plan.width = ranks_within(plan.prompt_slot, plan.occupied)
         low = torch.finfo(dtype).min
         lengths = self.slot_prompt_len[: plan.occupied]
         prompt_allowed = torch.arange(self.prompt_cols)[None, :] >= (self.prompt_cols - lengths)[:, None]
         plan.prompt_mask = torch.zeros(prompt_allowed.shape, dtype=dtype).masked_fill_(~prompt_allowed, low)[:, None, None]
-        own_allowed = torch.arange(self.own_cols)[None, :] <= (g - 1)[:, None]
+        # Whole blocks of columns: matmuls over odd widths run slower than over a few masked columns more.
+        plan.columns = min(self.own_cols, -(-needed // COLUMN_BLOCK) * COLUMN_BLOCK)
+        own_allowed = torch.arange(plan.columns)[None, :] <= (g - 1)[:, None]
         own_mask = torch.zeros(own_allowed.shape, dtype=dtype).masked_fill_(~own_allowed, low)[:, None, None]
+        positions = self.slot_prompt_len[plan.prompt_slot] + g - 1
         with slot_attention_for(self.model, self.cache):
-            out = self.model(input_ids=last, attention_mask=own_mask, position_ids=(self.prompt_len + g - 1)[:, None],
-                             past_key_values=self.cache, use_cache=True)
-        self.append_tokens(plan.live, out.logits[plan.live, -1])
+            out = self.model(input_ids=self.branch_token[:b, None], attention_mask=own_mask,
+                             position_ids=positions[:, None], past_key_values=self.cache, use_cache=True)
+        live = self.active.nonzero().flatten()
+        parent = self.branch_of[live]
+        survivors, new = self.draw(live, out.logits[parent, -1])
+        self.branch_out(survivors, self.branch_slot[self.branch_of[survivors]], new, parent=self.branch_of[survivors])
 
-    def append_tokens(self, slots: torch.Tensor, logits: torch.Tensor) -> None:
-        """Pick the next token of each slot from its logits, store it, and retire the slots that ended."""
-        if len(slots) == 0:
-            return
-        g = self.generated[slots]
-        new = pick_tokens(logits, uniforms(self.keys[slots], g), self.settings)
-        self.tokens[slots, g] = new
+    def draw(self, rows: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick and store the next token of each sample row from its logits; retire the rows that ended.
+
+        Returns the rows that go on and their new tokens.
+        """
+        g = self.generated[rows]
+        new = pick_tokens(logits, uniforms(self.keys[rows], g), self.settings)
+        self.tokens[rows, g] = new
         g = g + 1
-        self.generated[slots] = g
-        done, finished = self.results.ends(self.tokens[slots], new, g)
+        self.generated[rows] = g
+        done, finished = self.results.ends(self.tokens[rows], new, g)
         if done.any():
-            ended = slots[done]
+            ended = rows[done]
             lengths = g[done].tolist()
             token_rows = self.tokens[ended].tolist()
             self.results.add(self.prompt_of[ended].tolist(), self.sample_of[ended].tolist(),
                              [t[:m] for t, m in zip(token_rows, lengths)], finished[done].tolist())
             self.release(ended)
+        going_on = ~done
+        return rows[going_on], new[going_on]
+
+    def branch_out(self, rows: torch.Tensor, prompt_slot: torch.Tensor, new: torch.Tensor, parent: torch.Tensor | None) -> None:
+        """Regroup sample rows into branches by (branch they came from, or prompt slot, and new token).
+
+        After a decode step (`parent` given) the first group of each parent keeps the parent's row and
+        the others take free rows with a copy of the parent's generated KV; parents left with no sample
+        free their rows. After admission (`parent` None) every group is a new branch with no generated
+        KV yet. Live branches end up in rows [0, count) with as few KV copies as can be: rows past the
+        end move into holes.
+        """
+        vocab = int(new.max()) + 1 if len(new) else 1
+        origin = parent if parent is not None else prompt_slot
+        groups, group_of = torch.unique(origin * vocab + new, return_inverse=True)
+        group_origin, group_token = groups // vocab, groups % vocab
+        if parent is None:
+            kept = torch.arange(self.branches)  # existing branches stay as they are
+            first = torch.zeros(len(groups), dtype=torch.bool)
+        else:
+            first = torch.ones(len(groups), dtype=torch.bool)
+            first[1:] = group_origin[1:] != group_origin[:-1]
+            kept = group_origin[first]  # sorted
+        total = len(kept) + int((~first).sum())
+        # Rows: kept rows below `total` stay; kept rows at or past it, and new groups, go into holes below it.
+        taken = torch.zeros(max(total, self.branches), dtype=torch.bool)
+        taken[kept] = True
+        holes = (~taken[:total]).nonzero().flatten()
+        movers = kept[kept >= total]
+        target_of_kept = kept.clone()
+        target_of_kept[kept >= total] = holes[: len(movers)]
+        new_rows = holes[len(movers) :]
+        group_row = torch.empty(len(groups), dtype=torch.int64)
+        if parent is None:
+            group_row = new_rows
+            slot, length = group_origin, torch.ones(len(groups), dtype=torch.int64)
+        else:
+            group_row[first] = target_of_kept
+            group_row[~first] = new_rows
+            slot, length = self.branch_slot[group_origin], self.branch_len[group_origin] + 1
+            source = torch.cat([movers, group_origin[~first]])
+            target = torch.cat([target_of_kept[kept >= total], new_rows])
+            if len(source):
+                columns = int(self.branch_len[source].max())
+                for layer in self.cache.layers:
+                    layer.copy_rows(source, target, columns)
+        if parent is None and len(movers):
+            raise AssertionError("admission never moves existing branches")
+        self.branch_slot[group_row] = slot
+        self.branch_len[group_row] = length
+        self.branch_token[group_row] = group_token
+        self.branch_of[rows] = group_row[group_of]
+        self.branches = total
 
     def release(self, ended: torch.Tensor) -> None:
         """Free the rows of ended samples, and the prompt slots whose samples have all ended."""
         self.active[ended] = False
-        self.generated[ended] = 1
-        self.prompt_len[ended] = 1
         for p in self.prompt_of[ended].tolist():
             slot = self.slot_of_prompt[p]
             self.samples_left[slot] -= 1
@@ -685,23 +775,13 @@ class SlotBatcher:
             for layer in self.cache.layers:
                 layer.prompt_keys[slot] = layer.prompt_keys[last]
                 layer.prompt_values[slot] = layer.prompt_values[last]
-            self.prompt_slot[self.active & (self.prompt_slot == last)] = slot
+            branch_slot = self.branch_slot[: self.branches]
+            branch_slot[branch_slot == last] = slot
             self.prompt_in_slot[slot], self.samples_left[slot] = moved, self.samples_left[last]
             self.slot_prompt_len[slot] = self.slot_prompt_len[last]
             self.slot_of_prompt[moved] = slot
         self.prompt_in_slot.pop()
         self.samples_left.pop()
-
-    def compact_if_sparse(self) -> None:
-        """With no more work to admit, drop ended rows from the batch (and the cache) once they are many."""
-        live = self.active.nonzero().flatten()
-        if len(live) == 0 or len(live) > (1 - COMPACT_SHARE) * len(self.active):
-            return
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, live)
-            layer.values = layer.values.index_select(0, live)
-        for name in ("active", "prompt_of", "prompt_slot", "sample_of", "prompt_len", "generated", "keys", "tokens"):
-            setattr(self, name, getattr(self, name).index_select(0, live))
 
 
 def chunks_by_tokens(items: list[int], lengths: list[int], budget: int) -> list[list[int]]:
