@@ -204,6 +204,9 @@ def run_generate(model, tokenizer, prompts: list[str], case: Case) -> Run:
     per_call = case.rows // case.n
     tokens = samples = 0
     eos = model.generation_config.eos_token_id
+    # Seeded, so every run draws the same samples: with EOS, generate's time depends on the longest
+    # sample of each call, and an unseeded baseline would let the fastest-of-N pick its luckiest draw.
+    torch.manual_seed(0)
     with PeakRss() as memory, torch.inference_mode():
         start = time.perf_counter()
         for i in range(0, len(prompts), per_call):
