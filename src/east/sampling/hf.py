@@ -478,6 +478,13 @@ def slot_attention_for(model, cache: SlotCache | None) -> Iterator[None]:
         config._attn_implementation = original
 
 
+def distinct_pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a, b) of each distinct pair of non-negative integers, sorted by a then b, and each element's pair."""
+    base = int(b.max()) + 1 if len(b) else 1
+    pairs, inverse = torch.unique(a * base + b, return_inverse=True)
+    return pairs // base, pairs % base, inverse
+
+
 def ranks_within(groups: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
     """(rank of each element among the elements of its group, largest group size); groups in [0, count)."""
     order = torch.argsort(groups, stable=True)
@@ -584,7 +591,7 @@ class SlotBatcher:
         survivors, new = self.draw(slots, torch.cat([first_logits[p] for p, _ in rows]))
         # Read after the draw: a prompt whose samples all ended at once gave up its slot to another.
         prompt_slot = torch.tensor([self.slot_of_prompt[p] for p in self.prompt_of[survivors].tolist()], dtype=torch.int64)
-        self.branch_out(survivors, prompt_slot, new, parent=None)
+        self.start_branches(survivors, prompt_slot, new)
         return True
 
     def take_from_queue(self, count: int) -> tuple[list[tuple[int, int]], list[int]]:
@@ -683,7 +690,7 @@ class SlotBatcher:
         live = self.active.nonzero().flatten()
         parent = self.branch_of[live]
         survivors, new = self.draw(live, out.logits[parent, -1])
-        self.branch_out(survivors, self.branch_slot[self.branch_of[survivors]], new, parent=self.branch_of[survivors])
+        self.split_branches(survivors, self.branch_of[survivors], new)
 
     def draw(self, rows: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick and store the next token of each sample row from its logits; retire the rows that ended.
@@ -706,56 +713,49 @@ class SlotBatcher:
         going_on = ~done
         return rows[going_on], new[going_on]
 
-    def branch_out(self, rows: torch.Tensor, prompt_slot: torch.Tensor, new: torch.Tensor, parent: torch.Tensor | None) -> None:
-        """Regroup sample rows into branches by (branch they came from, or prompt slot, and new token).
+    def start_branches(self, rows: torch.Tensor, prompt_slot: torch.Tensor, new: torch.Tensor) -> None:
+        """After admission: one new branch per (prompt slot, first token), after the live ones, with no
+        generated KV yet (the first token's is written by the next step)."""
+        slot, token, group_of = distinct_pairs(prompt_slot, new)
+        group_row = torch.arange(self.branches, self.branches + len(slot))
+        self.set_branches(group_row, slot, torch.ones_like(slot), token)
+        self.branch_of[rows] = group_row[group_of]
+        self.branches += len(slot)
 
-        After a decode step (`parent` given) the first group of each parent keeps the parent's row and
-        the others take free rows with a copy of the parent's generated KV; parents left with no sample
-        free their rows. After admission (`parent` None) every group is a new branch with no generated
-        KV yet. Live branches end up in rows [0, count) with as few KV copies as can be: rows past the
-        end move into holes.
+    def split_branches(self, rows: torch.Tensor, parent: torch.Tensor, new: torch.Tensor) -> None:
+        """After a decode step: one branch per (parent branch, new token) of the samples that go on.
+
+        The first group of each parent keeps the parent's row; the others take free rows with a copy of
+        the parent's generated KV; parents left with no sample free their rows. Live branches end up in
+        rows [0, count) with as few KV copies as can be: kept rows past the end move into holes.
         """
-        vocab = int(new.max()) + 1 if len(new) else 1
-        origin = parent if parent is not None else prompt_slot
-        groups, group_of = torch.unique(origin * vocab + new, return_inverse=True)
-        group_origin, group_token = groups // vocab, groups % vocab
-        if parent is None:
-            kept = torch.arange(self.branches)  # existing branches stay as they are
-            first = torch.zeros(len(groups), dtype=torch.bool)
-        else:
-            first = torch.ones(len(groups), dtype=torch.bool)
-            first[1:] = group_origin[1:] != group_origin[:-1]
-            kept = group_origin[first]  # sorted
-        total = len(kept) + int((~first).sum())
-        # Rows: kept rows below `total` stay; kept rows at or past it, and new groups, go into holes below it.
+        origin, token, group_of = distinct_pairs(parent, new)
+        first = torch.ones(len(origin), dtype=torch.bool)
+        first[1:] = origin[1:] != origin[:-1]  # origins come sorted
+        kept = origin[first]
+        total = len(origin)
         taken = torch.zeros(max(total, self.branches), dtype=torch.bool)
         taken[kept] = True
         holes = (~taken[:total]).nonzero().flatten()
-        movers = kept[kept >= total]
-        target_of_kept = kept.clone()
-        target_of_kept[kept >= total] = holes[: len(movers)]
-        new_rows = holes[len(movers) :]
-        group_row = torch.empty(len(groups), dtype=torch.int64)
-        if parent is None:
-            group_row = new_rows
-            slot, length = group_origin, torch.ones(len(groups), dtype=torch.int64)
-        else:
-            group_row[first] = target_of_kept
-            group_row[~first] = new_rows
-            slot, length = self.branch_slot[group_origin], self.branch_len[group_origin] + 1
-            source = torch.cat([movers, group_origin[~first]])
-            target = torch.cat([target_of_kept[kept >= total], new_rows])
-            if len(source):
-                columns = int(self.branch_len[source].max())
-                for layer in self.cache.layers:
-                    layer.copy_rows(source, target, columns)
-        if parent is None and len(movers):
-            raise AssertionError("admission never moves existing branches")
-        self.branch_slot[group_row] = slot
-        self.branch_len[group_row] = length
-        self.branch_token[group_row] = group_token
+        moving = kept >= total
+        kept_row = kept.clone()
+        kept_row[moving] = holes[: int(moving.sum())]
+        fork_row = holes[int(moving.sum()) :]
+        if len(holes):
+            source = torch.cat([kept[moving], origin[~first]])
+            columns = int(self.branch_len[source].max())
+            for layer in self.cache.layers:
+                layer.copy_rows(source, holes, columns)
+        group_row = torch.empty_like(origin)
+        group_row[first], group_row[~first] = kept_row, fork_row
+        self.set_branches(group_row, self.branch_slot[origin], self.branch_len[origin] + 1, token)
         self.branch_of[rows] = group_row[group_of]
         self.branches = total
+
+    def set_branches(self, row: torch.Tensor, prompt_slot: torch.Tensor, length: torch.Tensor, token: torch.Tensor) -> None:
+        self.branch_slot[row] = prompt_slot
+        self.branch_len[row] = length
+        self.branch_token[row] = token
 
     def release(self, ended: torch.Tensor) -> None:
         """Free the rows of ended samples, and the prompt slots whose samples have all ended."""
