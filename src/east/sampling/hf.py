@@ -353,8 +353,9 @@ class SlotLayer(DynamicLayer):
     `update` writes one generated column per live branch and returns the live rows of the generated
     part (a view); `slot_attention` reads the prompt part through `ACTIVE_BATCH`. Reading each prompt's
     keys once per step for all its branches (one matrix product per prompt instead of one
-    matrix-vector product per sample) cuts the memory traffic that bounds decoding on CPU; and whole
-    contiguous buffers read about twice as fast as column slices.
+    matrix-vector product per sample) cuts the memory traffic that bounds decoding on CPU. (A slice of the
+    first columns reads within about 15% of a contiguous buffer of its width, so the part is not
+    re-packed as branches grow.)
     """
 
     def __init__(self, prompt_keys, prompt_values, keys, values, plan: DecodePlan):
@@ -424,8 +425,8 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
     cache = ACTIVE_BATCH.get()
     if cache is None or attention_mask.dtype == torch.bool:  # prefill
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    plan = cache.layers[module.layer_idx].plan
     layer = cache.layers[module.layer_idx]
+    plan = layer.plan
     rows, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
