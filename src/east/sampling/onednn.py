@@ -35,8 +35,8 @@ import torch
 
 # Extra memory allowed for packed copies of the weights (a 250M-parameter fp32 model).
 PACK_LIMIT_BYTES = 1 << 30
-# oneDNN picks its blocked weight layout for this many rows; measured within 3% of the best layout
-# from 8 to 4096 rows (1 row: the product is bound by reading the weights either way).
+# oneDNN picks its blocked weight layout for this many rows. Of the hints 1, 16, 64, 256 and 4096, this
+# one measured within 10% of the fastest at 8 rows and within 3% from 64 to 4096 rows.
 PACK_ROWS_HINT = 64
 
 
