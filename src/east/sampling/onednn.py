@@ -45,16 +45,17 @@ def available() -> bool:
     """Whether this torch has oneDNN's linear op and it agrees with `torch.nn.functional.linear`."""
     if not torch.backends.mkldnn.is_available():
         return False
-    try:
-        generator = torch.Generator().manual_seed(0)
-        weight = torch.randn(48, 40, generator=generator)
-        bias = torch.randn(48, generator=generator)
-        x = torch.randn(5, 40, generator=generator)
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT)
-        out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-    except (AttributeError, RuntimeError):
-        return False
-    return bool(torch.allclose(out, torch.nn.functional.linear(x, weight, bias), rtol=1e-5, atol=1e-5))
+    layer = torch.nn.utils.skip_init(torch.nn.Linear, 40, 48)  # its own generator: the global RNG stays as it is
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 40, generator=generator)
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+        try:
+            out = onednn_forward(layer, pack=True)(x)
+        except (AttributeError, RuntimeError):
+            return False
+        return bool(torch.allclose(out, layer(x), rtol=1e-5, atol=1e-5))
 
 
 def switchable(module: torch.nn.Module) -> bool:
