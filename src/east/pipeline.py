@@ -297,6 +297,10 @@ class Cell:
     def previous(self) -> Cell:
         return Cell(self.seed, self.arm, self.iteration - 1)
 
+    def draw_seed(self, index: int) -> int:
+        """The sampler seed of this cell's draw number `index` (a shard, or a DAST round)."""
+        return shard_seed(self.seed * 1000 + self.iteration, index)
+
 
 def samples_dir(run: Run, cell: Cell) -> Path:
     return run.root / cell.samples_name()
@@ -342,8 +346,7 @@ def stage_sample(run: Run, cell: Cell) -> None:
                 continue
             batch = questions[start : start + cfg.shard_size]
             generations = generate(run, model, tokenizer, prompts[start : start + cfg.shard_size], cfg.n,
-                                   temperature=cfg.temperature, seed=shard_seed(cell.seed * 1000 + cell.iteration, index),
-                                   max_new_tokens=cfg.max_new_tokens, token_budget=cfg.token_budget)
+                                   seed=cell.draw_seed(index))
             shard_rows = [g.to_sample_set(q.question_id, p).to_dict() for q, p, g in zip(batch, prompts[start:], generations)]
             io.write_parquet(shard_path, shard_rows)
             rows.extend(shard_rows)
@@ -355,9 +358,13 @@ def stage_sample(run: Run, cell: Cell) -> None:
     run.stage(f"{cell.samples_name()}/sample", key_config, deps, [out], build)
 
 
-def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, temperature: float, seed: int,
-             max_new_tokens: int, token_budget: int):
+def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, seed: int, temperature: float | None = None,
+             max_new_tokens: int | None = None, token_budget: int | None = None):
+    """n samples per prompt with the configured backend; settings not given come from the sampling section."""
     cfg = run.config.sampling
+    temperature = cfg.temperature if temperature is None else temperature
+    max_new_tokens = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
+    token_budget = cfg.token_budget if token_budget is None else token_budget
     if cfg.backend == "vllm":
         from east.sampling import vllm
 
@@ -419,8 +426,7 @@ def levels_path(run: Run, cell: Cell, data: str) -> Path:
 
 
 def greedy_verdicts(run: Run, model, tokenizer, questions: list[Question], prompts: list[str]) -> dict[str, bool]:
-    generations = generate(run, model, tokenizer, prompts, 1, temperature=0.0, seed=0,
-                           max_new_tokens=run.config.sampling.max_new_tokens, token_budget=run.config.sampling.token_budget)
+    generations = generate(run, model, tokenizer, prompts, 1, temperature=0.0, seed=0)
     sets = [g.to_sample_set(q.question_id, p) for q, p, g in zip(questions, prompts, generations)]
     graded, _ = grade_sets(run, sets, {q.question_id: q.gold for q in questions})
     return {g.question_id: bool(g.correct[0]) for g in graded}
@@ -464,10 +470,7 @@ def sample_more_fn(run: Run, cell: Cell, model, tokenizer, questions: dict[str, 
 
     def sample_more(ids: list[str], n: int, round_index: int) -> list[GradedSet]:
         generations = generate(run, model, tokenizer, [prompts[i] for i in ids], n,
-                               temperature=run.config.sampling.temperature,
-                               seed=shard_seed(cell.seed * 1000 + cell.iteration, 1_000_000 + round_index),
-                               max_new_tokens=run.config.sampling.max_new_tokens,
-                               token_budget=run.config.sampling.token_budget)
+                               seed=cell.draw_seed(1_000_000 + round_index))
         sets = [g.to_sample_set(i, prompts[i]) for i, g in zip(ids, generations)]
         return grade_sets(run, sets, golds)[0]
 
@@ -488,9 +491,7 @@ def dast_l_merge(run: Run, cell: Cell, model, tokenizer, questions, graded, leve
     long_sets: list[SampleSet] = []
     if ids:
         prompts = [render_prompt(tokenizer, questions[i], run.config.prompt.system, shots) for i in ids]
-        generations = generate(run, model, tokenizer, prompts, cfg.n_long, temperature=run.config.sampling.temperature,
-                               seed=shard_seed(cell.seed * 1000 + cell.iteration, 2_000_000),
-                               max_new_tokens=run.config.sampling.max_new_tokens, token_budget=run.config.sampling.token_budget)
+        generations = generate(run, model, tokenizer, prompts, cfg.n_long, seed=cell.draw_seed(2_000_000))
         long_sets = [g.to_sample_set(i, p) for i, p, g in zip(ids, prompts, generations)]
         io.write_parquet(samples_dir(run, cell) / "samples-dast_l.parquet", [s.to_dict() for s in long_sets])
     graded_long = grade_sets(run, long_sets, {i: questions[i].gold for i in ids})[0] if long_sets else []
