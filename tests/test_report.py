@@ -26,10 +26,14 @@ def fake_run(tmp_path, arms_override, accuracies):
     return config
 
 
+def per_seed(arm: str, accuracies: list[float]) -> dict[tuple[str, int], float]:
+    """{(arm, seed): accuracy} for seeds 0, 1, 2, ..."""
+    return {(arm, seed): acc for seed, acc in enumerate(accuracies)}
+
+
 def test_table_has_paired_deltas_and_paper_order(tmp_path):
-    accuracies = {("sft", s): a for s, a in enumerate([0.50, 0.52, 0.54])}
-    accuracies |= {("east@1", s): a for s, a in enumerate([0.52, 0.55, 0.56])}
-    accuracies |= {("east@2", s): a for s, a in enumerate([0.49, 0.50, 0.55])}
+    accuracies = (per_seed("sft", [0.50, 0.52, 0.54]) | per_seed("east@1", [0.52, 0.55, 0.56])
+                  | per_seed("east@2", [0.49, 0.50, 0.55]))
     fake_run(tmp_path, "arms=[{name: east, weighting: entropy, a: [2, 1]}, {name: sft}]", accuracies)
     results = write_report(tmp_path)
     arms = [e["arm"] for e in results["arms"]]
@@ -66,9 +70,7 @@ def test_missing_seeds_are_reported_not_invented(tmp_path):
 
 
 def test_dast_arms_are_compared_with_plain_vanilla_not_with_each_other(tmp_path):
-    accuracies = {("sft", s): a for s, a in enumerate([0.50, 0.50, 0.50])}
-    accuracies |= {("dast-l", s): a for s, a in enumerate([0.40, 0.40, 0.40])}
-    accuracies |= {("dast-p", s): a for s, a in enumerate([0.52, 0.52, 0.52])}
+    accuracies = per_seed("sft", [0.50] * 3) | per_seed("dast-l", [0.40] * 3) | per_seed("dast-p", [0.52] * 3)
     fake_run(tmp_path, "arms=[{name: sft}, {name: dast-p, data: dast_p}, {name: dast-l, data: dast_l}]", accuracies)
     results = write_report(tmp_path)
     deltas = {e["arm"]: e["splits"]["test"].get("delta_vs_vanilla") for e in results["arms"]}
