@@ -102,3 +102,28 @@ def test_bootstrap_command_saves_a_loadable_backbone(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out).config.hidden_size == 32
     assert AutoTokenizer.from_pretrained(out).chat_template
     assert json.loads((out / "bootstrap.json").read_text())["settings"]["n_rows"] == 32
+
+
+def test_step_verification_and_an_aa_replicate_end_to_end(tmp_path):
+    """grading.verify_steps reaches the graded sets and the per-question table; a replicate arm redraws
+    its own choices from the same samples; the report pairs every arm per question."""
+    from east import io
+
+    out = tmp_path / "steps"
+    arms = "arms=[{name: sft}, {name: sft-aa, replicate: 1}]"
+    result = runner.invoke(app, ["run", "configs/demo.yaml", "--out", str(out), *TINY, "grading.verify_steps=true", arms])
+    assert result.exit_code == 0, result.output
+    graded = io.read_parquet(out / "seed-0" / "graded.parquet")
+    assert all(len(g["step_rejected"]) == len(g["responses"]) for g in graded)
+    assert all(not (ok and bad) for g in graded for ok, bad in zip(g["correct"], g["step_rejected"]))
+    stats = io.read_parquet(out / "seed-0" / "sft" / "stats.parquet")
+    assert sum(s["n_step_rejected"] for s in stats) == sum(sum(g["step_rejected"]) for g in graded)
+    manifests = {name: io.read_json(out / "manifests" / f"seed-0__{name}__train.json")["config"]["seed"]
+                 for name in ("sft", "sft-aa")}
+    assert manifests["sft"] != manifests["sft-aa"]
+    results = json.loads((out / "results.json").read_text())
+    vanilla, replicate = results["arms"]
+    assert vanilla["splits"]["test"]["delta_vs_default"]["method"] == "one seed: questions only"
+    delta = replicate["splits"]["test"]["delta_vs_vanilla"]
+    assert delta["mean"] == pytest.approx(replicate["splits"]["test"]["mean"] - vanilla["splits"]["test"]["mean"])
+    assert "[replicate 1]" in replicate["display"]

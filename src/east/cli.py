@@ -194,14 +194,14 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
 
 def print_results(root: Path) -> None:
     from east import io
-    from east.report import fmt_q, table_rows
+    from east.report import fmt_q, table_header, table_rows
 
     results = io.read_json(root / "results.json")
     splits = results["splits"]
     table = Table(title=f"{results['name']}: accuracy % (mean ± 95% CI over seeds {results['seeds']})")
     table.add_column("setting")
-    for name in [*splits, *(f"Δ {split}" for split in splits)]:
-        table.add_column(name, justify="right")
+    for name in table_header(splits)[1:]:
+        table.add_column(name.replace(" acc. %", ""), justify="right")
     for row in table_rows(results):
         table.add_row(*row)
     console.print(table)
@@ -209,6 +209,8 @@ def print_results(root: Path) -> None:
         if any(e["arm"] == arm and e["weighting"] in ("entropy", "accuracy", "rejection") for e in results["arms"]):
             console.print(f"entropy of the {w['kept']} kept questions ({arm}): {fmt_q(w['entropy'])}", highlight=False)
             console.print(f"weights of the {w['kept']} kept questions ({arm}): {fmt_q(w['weight'])}", highlight=False)
+    console.print("Δ: paired per question, vanilla vs default, weighted vs vanilla; MDD: smallest true Δ detected "
+                  "with 80% power", highlight=False)
     console.print(f"tables: {root / 'results.md'}  data: {root / 'results.json'}", highlight=False)
 
 

@@ -90,6 +90,9 @@ class GradingConfig(Section):
     kind: Literal["auto", "arith", "gsm8k", "math"] = Field("auto", description="auto: the task's own grader.")
     timeout: float = Field(5.0, gt=0, description="Seconds per symbolic comparison before it counts as wrong.")
     workers: int | None = Field(None, ge=1, description="Symbolic grading processes (None: CPU count).")
+    verify_steps: bool = Field(
+        False, description="Built-in arith task only: a training sample is correct only when every equation line of "
+        "its working checks out, besides its final answer (east.grading.steps). Evaluation stays answer-only.")
 
 
 class FilterConfig(Section):
@@ -149,6 +152,10 @@ class ArmConfig(Section):
     mapping: Literal["power", "linear", "mean"] = Field("power", description="How the signal becomes a weight.")
     a: float | list[float] = Field(1.0, description="Power exponent; a list expands into one arm per value.")
     linear_range: float | None = Field(None, gt=0, description="Output range R of the linear mapping.")
+    replicate: int = Field(
+        0, ge=0, description="Replicate number: > 0 redraws the arm's own random choices (which correct response "
+        "is kept, the training order) from the same samples. A vanilla replicate beside vanilla is an A/A control: "
+        "its difference is pure noise, the floor any comparison of arms must clear.")
 
     @model_validator(mode="after")
     def _dast_losses(self) -> ArmConfig:
@@ -166,6 +173,7 @@ class ArmConfig(Section):
         if self.name:
             return self.name
         data = "" if self.data == "vanilla" else f"+{self.data}"
+        data += f"#{self.replicate}" if self.replicate else ""
         if self.weighting == "none":
             return self.loss + data
         suffix = f"@{self.a:g}" if self.weighting in GLOBAL_WEIGHTINGS and self.mapping == "power" else ""
@@ -208,6 +216,13 @@ class RunConfig(Section):
         dupes = sorted({label for label in labels if labels.count(label) > 1})
         if dupes:
             raise ValueError(f"arm names must be distinct, repeated: {dupes} (give each arm a `name`)")
+        return self
+
+    @model_validator(mode="after")
+    def _steps_need_arith(self) -> RunConfig:
+        if self.grading.verify_steps and self.grading_kind() != "arith":
+            raise ValueError(f"grading.verify_steps checks the arith task's equation lines; grading kind "
+                             f"{self.grading_kind()!r} has none (set grading.verify_steps: false)")
         return self
 
     def grading_kind(self) -> str:

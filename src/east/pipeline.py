@@ -297,6 +297,11 @@ class Cell:
     def previous(self) -> Cell:
         return Cell(self.seed, self.arm, self.iteration - 1)
 
+    def arm_seed(self) -> int:
+        """The seed of the arm's own draws (selection, training order): iteration 1 keeps the plain seed,
+        replicates get their own (ArmConfig.replicate)."""
+        return self.seed * 1000 + self.iteration - 1 + 1_000_003 * self.arm.replicate
+
     def draw_seed(self, index: int) -> int:
         """The sampler seed of this cell's draw number `index` (a shard, or a DAST round)."""
         return shard_seed(self.seed * 1000 + self.iteration, index)
@@ -380,8 +385,9 @@ def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, seed: in
 def grade_sets(run: Run, sample_sets: list[SampleSet], golds: dict[str, str]) -> tuple[list[GradedSet], dict]:
     from east.grading import grade_sample_sets
 
-    return grade_sample_sets(sample_sets, golds, run.config.grading_kind(), timeout=run.config.grading.timeout,
-                             workers=run.config.grading.workers)
+    cfg = run.config.grading
+    return grade_sample_sets(sample_sets, golds, run.config.grading_kind(), timeout=cfg.timeout, workers=cfg.workers,
+                             verify_steps=cfg.verify_steps)
 
 
 def train_golds(run: Run) -> dict[str, str]:
@@ -398,7 +404,10 @@ def stage_grade(run: Run, cell: Cell) -> None:
         io.write_parquet(out, [g.to_dict() for g in graded])
         return dict(counts)
 
-    cfg = {"grading": run.config.grading.model_dump(mode="json"), "kind": run.config.grading_kind()}
+    grading = run.config.grading.model_dump(mode="json")
+    if not grading["verify_steps"]:
+        del grading["verify_steps"]  # so run directories graded before the option existed stay valid
+    cfg = {"grading": grading, "kind": run.config.grading_kind()}
     run.stage(f"{cell.samples_name()}/grade", cfg, [f"{cell.samples_name()}/sample", "questions"], [out], build)
 
 
@@ -553,7 +562,7 @@ def stage_select(run: Run, cell: Cell) -> None:
     out = directory / "rows.parquet"
     cfg = run.config.selection
     graded_path, graded_stage = graded_input(run, cell)
-    seed = cell.seed * 1000 + cell.iteration - 1  # iteration 1 keeps the plain seed
+    seed = cell.arm_seed()
 
     def build():
         graded = read_graded(graded_path)
@@ -612,7 +621,7 @@ def stage_train(run: Run, cell: Cell) -> None:
         "logging_steps": cfg.logging_steps,
         "save_steps": cfg.save_steps,
         "lora": cfg.lora.model_dump() if cfg.lora else None,
-        "seed": cell.seed,
+        "seed": cell.seed + 1_000_003 * arm.replicate,
     }
 
     def build():

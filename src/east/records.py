@@ -51,6 +51,9 @@ class GradedSet(SampleSet):
     answers: list[str | None] = field(default_factory=list)  # extracted final answer, None if none
     keys: list[str] = field(default_factory=list)  # cluster key: normalised answer, NO_ANSWER if none
     correct: list[bool] = field(default_factory=list)
+    # grading.verify_steps only (else empty): the final answer matched the gold but the working did not
+    # check out, so the verdict above is False (east.grading.steps)
+    step_rejected: list[bool] = field(default_factory=list)
 
 
 NO_ANSWER = "<no answer>"  # the cluster key of responses without an extractable answer (SPEC section 4)
@@ -72,3 +75,4 @@ class QuestionStats(Record):
     signal: float  # the value fed to the mapping (entropy, 1 - accuracy or rejection)
     weight: float  # 0.0 for dropped questions; mean 1 over kept ones
     level: str | None = None  # DAST difficulty level of the sampling model (easiest ... unsolved)
+    n_step_rejected: int = 0  # samples with the gold's final answer refused by step verification (grading.verify_steps)

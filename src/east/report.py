@@ -18,6 +18,7 @@ import yaml
 
 from east import io
 from east.config import ArmConfig, RunConfig, expand_arms
+from east.paired import paired_difference, t80, t975
 
 # Two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond the table.
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -50,6 +51,8 @@ def display_name(arm: ArmConfig) -> str:
         name += f" + {WEIGHTING_NAMES[arm.weighting]}"
         if arm.weighting in ("entropy", "accuracy", "rejection"):
             name += f" ({arm.mapping}" + (f", a={arm.a:g})" if arm.mapping == "power" else ")")
+    if arm.replicate:
+        name += f" [replicate {arm.replicate}]"
     return name
 
 
@@ -71,13 +74,13 @@ def collect(root: Path) -> dict[str, Any]:
         results["default"][split] = read_accuracy(root / "default" / f"eval-{split}.json")
     for arm in arms:
         entry = {"arm": arm.label(), "display": display_name(arm), "loss": arm.loss, "data": arm.data,
-                 "weighting": arm.weighting, "mapping": arm.mapping, "a": arm.a,
+                 "weighting": arm.weighting, "mapping": arm.mapping, "a": arm.a, "replicate": arm.replicate,
                  "splits": {split: split_cell(root, config, arm, split, 1) for split in splits}}
         if config.iterations > 1:
             entry["iterations"] = {t: {split: split_cell(root, config, arm, split, t) for split in splits}
                                    for t in range(1, config.iterations + 1)}
         results["arms"].append(entry)
-    add_paired_differences(results)
+    add_paired_differences(results, root)
     results["weights"] = weight_summaries(root, config)
     results["dast"] = dast_summaries(root, config)
     return results
@@ -111,18 +114,64 @@ def split_cell(root: Path, config: RunConfig, arm: ArmConfig, split: str, iterat
     return {"per_seed": per_seed, "mean": m, "ci95": ci, "seeds_done": len(done)}
 
 
-def add_paired_differences(results: dict[str, Any]) -> None:
-    vanilla = {e["loss"]: e for e in results["arms"] if e["weighting"] == "none" and e.get("data", "vanilla") == "vanilla"}
+def is_vanilla(entry: dict[str, Any]) -> bool:
+    return entry["weighting"] == "none" and entry.get("data", "vanilla") == "vanilla" and not entry.get("replicate")
+
+
+def add_paired_differences(results: dict[str, Any], root: Path | None = None) -> None:
+    """Every arm's paired difference to the vanilla arm of its loss (`delta_vs_vanilla`), and every vanilla
+    arm's to the untrained model (`delta_vs_default`, the self-training gain). From the per-question rows
+    when the run has them (`east.paired`: seeds x questions crossed interval, with its minimum detectable
+    difference), else from the per-seed accuracies (Student t over seeds)."""
+    vanilla = {}
+    for entry in results["arms"]:
+        if is_vanilla(entry):
+            vanilla.setdefault(entry["loss"], entry)
     for entry in results["arms"]:
         base = vanilla.get(entry["loss"])
-        if base is None or base is entry:
-            continue
         for split, cell in entry["splits"].items():
-            pairs = [(v, base["splits"][split]["per_seed"].get(s)) for s, v in cell["per_seed"].items()]
-            diffs = [v - b for v, b in pairs if v is not None and b is not None]
-            if diffs:
-                m, ci = mean_ci(diffs)
-                cell["delta_vs_vanilla"] = {"mean": m, "ci95": ci, "n": len(diffs)}
+            if base is not None and base is not entry:
+                delta = paired_cell(root, entry, base, split)
+                if delta:
+                    cell["delta_vs_vanilla"] = delta
+            if base is entry and root is not None:
+                default = question_rows(root / "default" / f"eval-{split}.jsonl")
+                if default:
+                    found = paired_difference(entry_rows(root, entry, split), {s: default for s in cell["per_seed"]})
+                    if found["n"]:
+                        cell["delta_vs_default"] = found
+
+
+def paired_cell(root: Path | None, entry: dict[str, Any], base: dict[str, Any], split: str) -> dict[str, Any] | None:
+    if root is not None:
+        found = paired_difference(entry_rows(root, entry, split), entry_rows(root, base, split))
+        if found["n"]:
+            return found
+    cell = entry["splits"][split]
+    pairs = [(v, base["splits"][split]["per_seed"].get(s)) for s, v in cell["per_seed"].items()]
+    diffs = [v - b for v, b in pairs if v is not None and b is not None]
+    if not diffs:
+        return None
+    m, ci = mean_ci(diffs)
+    ci = None if math.isnan(ci) else ci
+    mdd = None if ci is None else ci * (t975(len(diffs) - 1) + t80(len(diffs) - 1)) / t975(len(diffs) - 1)
+    return {"mean": m, "ci95": ci, "mdd80": mdd, "n": len(diffs), "method": "seeds (accuracies only)"}
+
+
+def entry_rows(root: Path, entry: dict[str, Any], split: str) -> dict[int, dict[str, float]]:
+    """{seed: {question_id: 1.0 / 0.0}} of an arm's first-iteration evaluation, for the seeds that have it."""
+    out = {}
+    for seed in entry["splits"][split]["per_seed"]:
+        rows = question_rows(root / f"seed-{seed}" / entry["arm"] / f"eval-{split}.jsonl")
+        if rows:
+            out[int(seed)] = rows
+    return out
+
+
+def question_rows(path: Path) -> dict[str, float]:
+    if not path.exists():
+        return {}
+    return {row["question_id"]: float(bool(row["correct"])) for row in io.read_jsonl(path)}
 
 
 def weight_summaries(root: Path, config: RunConfig) -> dict[str, Any]:
@@ -160,25 +209,42 @@ def pct(value: float | None, ci: float | None = None, sign: bool = False) -> str
 
 
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
-    """The accuracy table's cells: setting, accuracy per split, then Δ vs vanilla per split."""
+    """The accuracy table's cells: setting, accuracy per split, then per split the paired Δ (to vanilla of
+    the same loss; a vanilla arm's to default) and its minimum detectable difference."""
     splits = results["splits"]
-    rows = [["default", *(pct(results["default"][s]) for s in splits), *("" for _ in splits)]]
+    rows = [["default", *(pct(results["default"][s]) for s in splits), *("" for _ in splits for _ in (0, 1))]]
     for entry in results["arms"]:
         cells = [pct(entry["splits"][s]["mean"], entry["splits"][s]["ci95"]) for s in splits]
-        deltas = [pct(d["mean"], d["ci95"], sign=True) if (d := entry["splits"][s].get("delta_vs_vanilla")) else ""
-                  for s in splits]
+        deltas = []
+        for s in splits:
+            cell = entry["splits"][s]
+            d = cell.get("delta_vs_vanilla") or cell.get("delta_vs_default")
+            deltas += [delta_text(d, "delta_vs_default" in cell), pct(d.get("mdd80")) if d else ""]
         rows.append([entry["display"], *cells, *deltas])
     return rows
+
+
+def delta_text(delta: dict[str, Any] | None, vs_default: bool) -> str:
+    if not delta or delta.get("mean") is None:
+        return ""
+    return pct(delta["mean"], delta.get("ci95"), sign=True) + (" (vs default)" if vs_default else "")
+
+
+def table_header(splits: list[str]) -> list[str]:
+    return ["setting", *(f"{s} acc. %" for s in splits), *(h for s in splits for h in (f"{s} Δ (paired)", f"{s} MDD"))]
 
 
 def markdown(results: dict[str, Any]) -> str:
     splits = results["splits"]
     seeds = results["seeds"]
-    head = ["setting"] + [f"{s} acc. %" for s in splits] + [f"{s} Δ vs vanilla" for s in splits]
+    head = table_header(splits)
     lines = [f"# {results['name']}: accuracy (%), mean ± 95% CI over {len(seeds)} seed(s) {seeds}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
-    lines += ["", "Δ: paired difference to the same loss without weighting or DAST data, over the same seeds (shared samples).",
+    lines += ["", "Δ: paired difference per test question to the same loss without weighting or DAST data, over the same "
+              "seeds (shared samples); for a vanilla arm, to the untrained model (default). 95% CI with seeds and "
+              "questions as crossed random factors (east/paired.py); with accuracies only, Student t over seeds.",
+              "MDD: minimum detectable difference, the true Δ this design detects with 80% power at the 5% level. "
               "A CI that contains 0 means no difference was detected at this scale."]
     for arm, w in results.get("weights", {}).items():
         lines.append(f"- {arm}: {w['kept']} kept questions; entropy {fmt_q(w['entropy'])}; weight {fmt_q(w['weight'])}")

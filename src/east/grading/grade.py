@@ -37,6 +37,7 @@ from typing import Literal
 
 from east.grading.extract import extract_answer
 from east.grading.numeric import is_exact_literal, number_key, parse_number, unwrap
+from east.grading.steps import steps_sound
 from east.records import NO_ANSWER, GradedSet, SampleSet
 
 KINDS = ("arith", "gsm8k", "math")
@@ -50,6 +51,7 @@ class Grade:
     correct: bool
     status: Status  # "ok" | "no_answer" | "timeout" | "error"
     flexible_correct: bool | None = None  # GSM8K only: verdict of the last number in the text
+    step_rejected: bool = False  # verify_steps: the final answer matched the gold but the working did not check out
 
 
 # --- cluster keys -----------------------------------------------------------------------------
@@ -152,10 +154,14 @@ def grade_with_stats(
     *,
     timeout: float = 5.0,
     workers: int | None = None,
+    verify_steps: bool = False,
 ) -> tuple[list[Grade], dict[str, int]]:
     """`grade` plus counts: responses, correct, no_answer, timeout, error, distinct_pairs (verdicts
-    computed), symbolic_pairs (of those, sent to math-verify), and for GSM8K flexible_correct."""
+    computed), symbolic_pairs (of those, sent to math-verify), for GSM8K flexible_correct, and with
+    `verify_steps` step_rejected (right final answer, unsound working: `east.grading.steps`)."""
     _check_kind(kind)
+    if verify_steps and kind != "arith":
+        raise ValueError(f"verify_steps checks the built-in arith task's equation lines; kind {kind!r} has none")
     if len(responses) != len(golds):
         raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
     answers = [extract_answer(text) for text in responses]
@@ -179,14 +185,16 @@ def grade_with_stats(
 
     flexible = _flexible_verdicts(responses, golds) if kind == "gsm8k" else [None] * len(responses)
     grades = []
-    for answer, key, gold, flexible_correct in zip(answers, keys, golds, flexible):
+    for text, answer, key, gold, flexible_correct in zip(responses, answers, keys, golds, flexible):
         if answer is None:
             grades.append(Grade(None, NO_ANSWER, False, "no_answer", flexible_correct))
             continue
         status, correct = verdicts[(key, gold)]
         if correct and kind == "math":
             key = cluster_key(gold, kind)  # every right answer is one cluster (module docstring)
-        grades.append(Grade(answer, key, correct, status, flexible_correct))  # type: ignore[arg-type]
+        # The cluster key stays the final answer's: the entropy measures disagreement between answers.
+        rejected = verify_steps and correct and not steps_sound(text)
+        grades.append(Grade(answer, key, correct and not rejected, status, flexible_correct, rejected))  # type: ignore[arg-type]
 
     stats = {
         "responses": len(grades),
@@ -197,6 +205,8 @@ def grade_with_stats(
         "distinct_pairs": len(verdicts),
         "symbolic_pairs": len(pending),
     }
+    if verify_steps:
+        stats["step_rejected"] = sum(g.step_rejected for g in grades)
     if kind == "gsm8k":
         stats["flexible_correct"] = sum(bool(f) for f in flexible)
     return grades, stats
@@ -221,11 +231,12 @@ def grade(
     *,
     timeout: float = 5.0,
     workers: int | None = None,
+    verify_steps: bool = False,
 ) -> list[Grade]:
     """One Grade per response against the gold at the same index. kind: "arith" | "gsm8k" | "math".
     `timeout` is the wall-clock limit per math-verify comparison; `workers` the math-verify processes
-    (default: up to 2, the cores of this machine)."""
-    return grade_with_stats(responses, golds, kind, timeout=timeout, workers=workers)[0]
+    (default: up to 2, the cores of this machine); `verify_steps` (arith only) also requires sound working."""
+    return grade_with_stats(responses, golds, kind, timeout=timeout, workers=workers, verify_steps=verify_steps)[0]
 
 
 def grade_sample_sets(
@@ -235,6 +246,7 @@ def grade_sample_sets(
     *,
     timeout: float = 5.0,
     workers: int | None = None,
+    verify_steps: bool = False,
 ) -> tuple[list[GradedSet], dict[str, int]]:
     """Grade every response of every question (golds keyed by question_id) in one batch, so the
     distinct-pair cache and the worker pool are shared. Returns the GradedSets and the counts of
@@ -244,7 +256,8 @@ def grade_sample_sets(
         raise KeyError(f"no gold answer for {len(missing)} question(s), e.g. {missing[:3]}")
     responses = [text for s in sample_sets for text in s.responses]
     flat_golds = [golds[s.question_id] for s in sample_sets for _ in s.responses]
-    grades, stats = grade_with_stats(responses, flat_golds, kind, timeout=timeout, workers=workers)
+    grades, stats = grade_with_stats(responses, flat_golds, kind, timeout=timeout, workers=workers,
+                                     verify_steps=verify_steps)
     graded, start = [], 0
     for s in sample_sets:
         mine = grades[start : start + len(s.responses)]
@@ -256,6 +269,7 @@ def grade_sample_sets(
                 answers=[g.answer for g in mine],
                 keys=[g.key for g in mine],
                 correct=[g.correct for g in mine],
+                step_rejected=[g.step_rejected for g in mine] if verify_steps else [],
             )
         )
     stats["questions"] = len(graded)

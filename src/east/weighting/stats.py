@@ -78,6 +78,7 @@ def unweighted_stats(g: GradedSet, signal: Signal, keep_all_correct: bool) -> Qu
         cluster_sizes=[size for _, size in clusters],
         n_correct=n_correct,
         n_no_answer=sum(k == NO_ANSWER for k in g.keys),
+        n_step_rejected=sum(bool(r) for r in g.step_rejected),
         entropy=h,
         accuracy=acc,
         rejection=rej,
@@ -135,6 +136,7 @@ def summarise(stats: Sequence[QuestionStats], quantiles: Sequence[float] = (0.1,
         "kept": len(kept),
         "dropped": {reason: reasons.get(reason, 0) for reason in DROP_REASONS},
         "samples_no_answer": sum(s.n_no_answer for s in stats),
+        "samples_step_rejected": sum(s.n_step_rejected for s in stats),
         "samples": sum(s.n for s in stats),
     }
     if kept:
