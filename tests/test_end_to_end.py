@@ -72,7 +72,7 @@ def test_changed_arm_setting_redoes_only_that_arm(tiny_run):
     arms = "arms=[{name: sft}, {name: sft+east, weighting: entropy, a: 2.0}]"
     result = runner.invoke(app, ["run", "configs/demo.yaml", "--out", str(out), *TINY, arms])
     assert result.exit_code == 0, result.output
-    assert "redo seed-0/sft+east/weight: config changed: a 1.0 -> 2.0" in result.output.replace("\n", " ")
+    assert "redo seed-0/sft+east/weight: config changed: a 1.5 -> 2.0" in result.output.replace("\n", " ")
     assert "skip seed-0/sft/train" in result.output.replace("\n", " ")
 
 
