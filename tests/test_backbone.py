@@ -136,3 +136,27 @@ def test_shipped_checkpoint_loads_and_matches_the_defaults():
     texts = tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     right = sum(t.strip().endswith(f"\\boxed{{{q.gold}}}") for t, q in zip(texts, questions))
     assert right >= 4, texts
+
+
+def test_warmup_rows_without_few_shot_are_the_shipped_single_turn_rows():
+    from east.backbone.bootstrap import warmup_rows
+    from east.tasks.arith import make_questions
+
+    tok = build_tokenizer()
+    rows = warmup_rows(tok, DEFAULTS.spec, 40, 0)
+    expected = [render_prompt(tok, q, system_prompt=None) for q in make_questions("warmup", 40, DEFAULTS.spec, 0)]
+    assert [r["prompt"] for r in rows] == expected
+
+
+def test_few_shot_warmup_rows_carry_earlier_worked_turns_like_dast_l_prompts():
+    from east.backbone.bootstrap import warmup_rows
+
+    tok = build_tokenizer()
+    plain = warmup_rows(tok, DEFAULTS.spec, 200, 0)
+    mixed = warmup_rows(tok, DEFAULTS.spec, 200, 0, few_shot_share=0.5, few_shot_max=2)
+    turns = [r["prompt"].count("<|user|>") for r in mixed]
+    assert set(turns) == {1, 2, 3}  # 0, 1 or 2 worked examples before the question
+    assert 70 <= sum(t > 1 for t in turns) <= 130  # about half the rows
+    assert [r["completion"] for r in mixed] == [r["completion"] for r in plain]  # same questions, same order
+    for row, base in zip(mixed, plain):
+        assert row["prompt"].endswith(base["prompt"].removeprefix(tok.bos_token or ""))  # the question comes last

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import tempfile
 import time
@@ -49,17 +50,32 @@ class BootstrapSettings(BaseModel):
     batch_size: int = Field(32, ge=1, description="Rows per optimiser step.")
     seed: int = Field(0, description="Seeds the warmup questions, the initial weights and the data order.")
     max_seconds: float | None = Field(None, gt=0, description="Stop training after this wall time (None: no limit).")
+    few_shot_share: float = Field(
+        0.0, ge=0, le=1, description="Share of warm-up rows shown after 1..few_shot_max worked examples as earlier "
+        "chat turns, so that few-shot prompts (DAST-L, prompt.few_shot) are within the backbone's competence. "
+        "0 (the shipped checkpoint) leaves every row single-turn.")
+    few_shot_max: int = Field(3, ge=1, description="Most worked examples before a few-shot warm-up row.")
 
 
 DEFAULTS = BootstrapSettings()
 
 
-def warmup_rows(tokenizer, spec: ArithSpec, n_rows: int, seed: int) -> list[dict[str, str]]:
-    """TRL prompt/completion rows: the chat-rendered question (no system prompt) and its worked solution."""
-    return [
-        {"prompt": render_prompt(tokenizer, q, system_prompt=None), "completion": q.solution}
-        for q in make_questions("warmup", n_rows, spec, seed)
-    ]
+def warmup_rows(tokenizer, spec: ArithSpec, n_rows: int, seed: int, few_shot_share: float = 0.0,
+                few_shot_max: int = 3) -> list[dict[str, str]]:
+    """TRL prompt/completion rows: the chat-rendered question (no system prompt) and its worked solution;
+    a `few_shot_share` of them after 1..few_shot_max other warm-up questions with their solutions as
+    earlier turns (the form of DAST-L's long prompts)."""
+    questions = make_questions("warmup", n_rows, spec, seed)
+    # Its own generator, used only when asked for: share 0 draws nothing and keeps the shipped rows exactly.
+    rng = random.Random(f"warmup-few-shot|{seed}")
+    rows = []
+    for index, q in enumerate(questions):
+        shots = []
+        if few_shot_share > 0 and len(questions) > 1 and rng.random() < few_shot_share:
+            others = [j for j in rng.sample(range(len(questions)), min(len(questions), few_shot_max + 1)) if j != index]
+            shots = [questions[j] for j in others[: rng.randint(1, few_shot_max)]]
+        rows.append({"prompt": render_prompt(tokenizer, q, system_prompt=None, few_shot=shots), "completion": q.solution})
+    return rows
 
 
 def _time_limit_callback(max_seconds: float):
@@ -102,6 +118,8 @@ def bootstrap(
     batch_size: int = DEFAULTS.batch_size,
     seed: int = DEFAULTS.seed,
     max_seconds: float | None = DEFAULTS.max_seconds,
+    few_shot_share: float = DEFAULTS.few_shot_share,
+    few_shot_max: int = DEFAULTS.few_shot_max,
 ) -> Path:
     """Trains a fresh backbone on the warmup split and saves it to `out_dir` (replaced if present)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,7 +129,8 @@ def bootstrap(
 
     settings = BootstrapSettings(
         spec=spec, n_rows=n_rows, epochs=epochs, lr=lr, hidden=hidden, layers=layers, heads=heads,
-        batch_size=batch_size, seed=seed, max_seconds=max_seconds,
+        batch_size=batch_size, seed=seed, max_seconds=max_seconds, few_shot_share=few_shot_share,
+        few_shot_max=few_shot_max,
     )
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +138,7 @@ def bootstrap(
 
     tokenizer = build_tokenizer()
     model = build_model(hidden, layers, heads, tokenizer=tokenizer, seed=seed)
-    dataset = Dataset.from_list(warmup_rows(tokenizer, spec, n_rows, seed))
+    dataset = Dataset.from_list(warmup_rows(tokenizer, spec, n_rows, seed, few_shot_share, few_shot_max))
 
     staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     staged.chmod(0o755)  # mkdtemp makes it owner-only; the result is meant to be shared (package data)
