@@ -150,7 +150,7 @@ def bootstrap(
 
     cfg = load_config(config, overrides or [])
     start = time.time()
-    path = run_bootstrap(out, **dict(cfg.bootstrap))
+    path = run_bootstrap(out, **dict(cfg.bootstrap), report_to=cfg.train.report_to, run_name=f"{cfg.name}/bootstrap")
     console.print(f"backbone saved to {path} in {time.time() - start:.0f} s")
 
 
