@@ -16,7 +16,7 @@ from east import tracking
 from east.cli import app
 from east.config import load_config
 from east.errors import UserError
-from training_helpers import sft_rows, train_and_load
+from training_helpers import dpo_rows, kto_rows, sft_rows, train_and_load
 
 runner = CliRunner()
 
@@ -165,6 +165,26 @@ def test_standalone_training_writes_tensorboard_and_finishes_its_wandb_run(tmp_p
     assert "train/loss" in wandb_runs(tmp_path / "out")["alone"]
 
 
+@pytest.mark.parametrize(("loss", "rows", "local_weighting"), [
+    ("dpo", dpo_rows([0.5, 1.5, 1.0, 1.0]), "lw_p"), ("kto", kto_rows([0.5, 1.5, 1.0, 1.0]), "lw_w"),
+])
+def test_preference_trainers_log_row_and_local_weights_to_tensorboard(tmp_path, loss, rows, local_weighting):
+    train_and_load(tmp_path, loss, rows, local_weighting=local_weighting, report_to=["tensorboard"])
+    logged = events(tmp_path / "out" / "tensorboard")
+    assert sorted(scalar(logged, "train/weight/max")) == [1.0, 1.5]
+    assert all(w > 0 for w in scalar(logged, "train/local_weight/mean"))
+
+
+def test_bootstrap_reports_to_tensorboard_beside_the_backbone(tmp_path):
+    out = tmp_path / "backbone"
+    result = runner.invoke(app, ["bootstrap", "--out", str(out), "bootstrap.n_rows=32", "bootstrap.epochs=0.25",
+                                 "bootstrap.hidden=32", "bootstrap.layers=1", "bootstrap.heads=2",
+                                 "train.report_to=tensorboard"])
+    assert result.exit_code == 0, result.output
+    assert scalar(events(tmp_path / "tensorboard" / "backbone"), "train/train_loss")
+    assert not (out / "tensorboard").exists()
+
+
 @pytest.mark.parametrize(("stage", "scope"), [
     ("questions", "run"), ("bootstrap", "run"), ("default/evaluate-test", "default"), ("seed-0/sample", "seed-0"),
     ("seed-0/dast_p", "seed-0"), ("seed-0/sft+east/weight", "seed-0/sft+east/iter-1"),
@@ -172,6 +192,19 @@ def test_standalone_training_writes_tensorboard_and_finishes_its_wandb_run(tmp_p
 ])
 def test_scope_of_a_stage(stage, scope):
     assert tracking.scope_of(stage) == scope
+
+
+def test_a_stage_opens_its_scope_run_before_it_runs(tmp_path, monkeypatch):
+    """A resumed run may train a cell whose earlier stages were skipped: the trainer must still log into its cell."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with tracking.Tracker(tmp_path, "demo", ("wandb",)) as tracker:
+        tracker.begin("seed-0/sft/train")
+        assert wandb.run is not None and wandb.run.name == "demo/seed-0/sft/iter-1"
+        tracker.begin("seed-0/sft/evaluate-test")
+        assert wandb.run.name == "demo/seed-0/sft/iter-1"
+    assert wandb.run is None
 
 
 def test_trainer_args_name_the_cell(tmp_path):

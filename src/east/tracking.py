@@ -33,12 +33,15 @@ from typing import Any
 
 import numpy as np
 
+from rich.console import Console
+
 from east import io
 from east.errors import UserError
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # report_to value -> the package it needs
 ROOT_SCOPE = "run"
 PROJECT = "east-selftrain"  # W&B project unless WANDB_PROJECT says otherwise
+console = Console(stderr=True)
 CELL = re.compile(r"^(?P<seed>seed-\d+)/(?P<arm>.+?)(?:/iter-(?P<iteration>\d+))?$")
 
 
@@ -137,7 +140,20 @@ class Tracker:
         """The tracker of `config.train.report_to` for the run directory `root` (refuses missing packages)."""
         report_to = tuple(name for name in config.train.report_to if name != "none")
         require_trackers(report_to)
-        return cls(Path(root), config.name, report_to)
+        tracker = cls(Path(root), config.name, report_to)
+        if report_to:
+            console.print(tracker.describe(), highlight=False, soft_wrap=True)
+        return tracker
+
+    def describe(self) -> str:
+        """One line: where each tracker's runs go."""
+        parts = []
+        if "tensorboard" in self.report_to:
+            parts.append(f"TensorBoard: tensorboard --logdir {self.root / 'tensorboard'}")
+        if "wandb" in self.report_to:
+            mode = os.environ.get("WANDB_MODE", "online")
+            parts.append(f"W&B ({mode}): project {wandb_project()}, group {self.name}, files in {self.root / 'wandb'}")
+        return "tracking: " + "; ".join(parts)
 
     def __enter__(self) -> Tracker:
         return self
@@ -216,9 +232,11 @@ class Tracker:
         import wandb
 
         run_id = hashlib.sha256(f"{self.root.resolve()}:{scope}".encode()).hexdigest()[:16]
-        # console="off": W&B would otherwise wrap stdout and stderr again at every switch of scope.
+        # Silent, console off: W&B would print three lines and wrap stdout again at every switch of scope;
+        # `open` said once where the runs go.
         self.wandb_run = wandb.init(project=wandb_project(), group=self.name, name=self.run_name(scope), id=run_id,
-                                    resume="allow", dir=str(self.root), settings=wandb.Settings(console="off"))
+                                    resume="allow", dir=str(self.root),
+                                    settings=wandb.Settings(console="off", silent=True))
         self.wandb_scope = scope
 
     def finish_wandb(self, failed: bool = False) -> None:
@@ -248,5 +266,5 @@ def training_run(report_to: Sequence[str], run_name: str | None, directory: Path
     if wandb.run is not None:
         yield
         return
-    with wandb.init(project=wandb_project(), name=run_name, dir=str(directory), settings=wandb.Settings(console="off")):
+    with wandb.init(project=wandb_project(), name=run_name, dir=str(directory), settings=wandb.Settings(console="off", quiet=True)):
         yield
