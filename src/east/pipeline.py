@@ -18,6 +18,7 @@ Layout of a run directory (every file is written atomically; a stage's manifest 
     seed-<s>/<arm>/model/           the trained model
     seed-<s>/<arm>/eval-{split}.*   per-question rows (.jsonl) and the summary (.json)
     results.json, results.md        the table (report.py)
+    tensorboard/<scope>/, wandb/    with train.report_to: TensorBoard events, offline W&B runs (tracking.py)
 
 A stage is skipped when its manifest's key matches the key computed from its config section and the
 keys of the stages it reads; otherwise it is redone and the reason is printed.
