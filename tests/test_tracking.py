@@ -130,7 +130,7 @@ def test_results_table_reaches_tensorboard(tracked_run):
     summary = events(tracked_run / "tensorboard" / "run")
     east = next(e for e in results["arms"] if e["arm"] == "sft+east")
     assert scalar(summary, "results/sft+east/test") == [pytest.approx(east["splits"]["test"]["mean"])]
-    text = summary.Tensors("results/text_summary")[0].tensor_proto.string_val[0].decode()
+    text = summary.Tensors("results/table/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "SFT + EAST" in text and "default" in text
 
 
@@ -143,7 +143,7 @@ def test_wandb_offline_runs_are_named_by_cell_and_hold_the_metrics(tracked_run):
     assert {"train/loss", "train/weight/mean", "weight/kept", "weight/dropped/all_wrong", "weight/entropy/_type",
             "evaluate/test/accuracy"} <= cell
     assert {"sample/tokens_per_second", "sample/samples_per_second"} <= runs["tracked/seed-0"]
-    assert {"results/_type", "results/sft+east/test", "questions/train"} <= runs["tracked"]
+    assert {"results/table/_type", "results/sft+east/test", "questions/train"} <= runs["tracked"]
 
 
 @pytest.mark.slow

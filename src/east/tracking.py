@@ -187,16 +187,24 @@ class Tracker:
         self.log(scope, scalars, histograms)
 
     def results(self, results: dict[str, Any]) -> None:
-        """The results table (east.report) as text / a W&B table, and its mean accuracies as scalars."""
+        """The results table of `east report` (TensorBoard text, W&B table `results/table`) and its mean accuracies."""
         if not self.report_to:
             return
         from east.report import markdown, table_rows
 
-        splits = results["splits"]
-        columns = ["setting", *splits, *(f"Δ {split}" for split in splits)]
-        self.log(ROOT_SCOPE, results_scalars(results), {}, table=(columns, table_rows(results), markdown(results)))
+        self.log(ROOT_SCOPE, results_scalars(results), {})
+        if "tensorboard" in self.report_to:
+            writer = self.writer(ROOT_SCOPE)
+            writer.add_text("results/table", markdown(results), iteration_of(ROOT_SCOPE))
+            writer.flush()
+        if "wandb" in self.report_to:
+            import wandb
 
-    def log(self, scope: str, scalars: dict[str, float], histograms: dict[str, list[float]], table=None) -> None:
+            splits = results["splits"]
+            columns = ["setting", *splits, *(f"Δ {split}" for split in splits)]
+            self.wandb_run.log({"results/table": wandb.Table(columns=columns, data=table_rows(results))})
+
+    def log(self, scope: str, scalars: dict[str, float], histograms: dict[str, list[float]]) -> None:
         step = iteration_of(scope)
         if "tensorboard" in self.report_to:
             writer = self.writer(scope)
@@ -205,8 +213,6 @@ class Tracker:
             for tag, values in histograms.items():
                 if values:
                     writer.add_histogram(tag, np.asarray(values, dtype=float), step)
-            if table is not None:
-                writer.add_text("results", table[2], step)
             writer.flush()
         if "wandb" in self.report_to:
             import wandb
@@ -214,8 +220,6 @@ class Tracker:
             self.switch_wandb(scope)
             data: dict[str, Any] = dict(scalars)
             data.update({tag: wandb.Histogram(values) for tag, values in histograms.items() if values})
-            if table is not None:
-                data["results"] = wandb.Table(columns=table[0], data=table[1])
             self.wandb_run.log(data)
 
     def writer(self, scope: str):
