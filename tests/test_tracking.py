@@ -223,6 +223,16 @@ def test_a_tracker_not_installed_fails_at_config_time_naming_the_extra(monkeypat
     assert load_config(None).train.report_to == ["none"]  # the default needs nothing
 
 
+def test_east_run_refuses_a_missing_tracker_in_one_line_before_any_stage(monkeypatch, tmp_path):
+    monkeypatch.setattr(tracking, "installed", lambda package: package != "wandb")
+    result = runner.invoke(app, ["run", "configs/demo.yaml", "--out", str(tmp_path / "x"),
+                                 "train.report_to=[tensorboard, wandb]"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: train.report_to: wandb is not installed; pip install "
+                                     "'east-selftrain[tracking]' (or set train.report_to=none)")
+    assert not (tmp_path / "x").exists()
+
+
 def test_report_to_takes_a_name_or_a_list_and_none_alone():
     assert load_config(None, ["train.report_to=tensorboard"]).train.report_to == ["tensorboard"]
     with pytest.raises(UserError, match="train.report_to"):
