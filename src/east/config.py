@@ -134,7 +134,6 @@ class TrainConfig(Section):
     dpo: LossHyper = Field(default_factory=lambda: LossHyper(learning_rate=2e-7, beta=0.01))
     kto: LossHyper = Field(default_factory=lambda: LossHyper(learning_rate=2e-7, beta=0.05))
 
-
     @field_validator("report_to", mode="before")
     @classmethod
     def _report_to_list(cls, value: Any) -> Any:

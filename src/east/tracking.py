@@ -270,5 +270,6 @@ def training_run(report_to: Sequence[str], run_name: str | None, directory: Path
     if wandb.run is not None:
         yield
         return
-    with wandb.init(project=wandb_project(), name=run_name, dir=str(directory), settings=wandb.Settings(console="off", quiet=True)):
+    settings = wandb.Settings(console="off", quiet=True)
+    with wandb.init(project=wandb_project(), name=run_name, dir=str(directory), settings=settings):
         yield

@@ -166,7 +166,7 @@ def bootstrap(
                 processing_class=tokenizer,
                 callbacks=[_time_limit_callback(max_seconds)] if max_seconds else None,
             )
-            point_tensorboard(trainer, Path(logging_dir) if logging_dir else out_dir.parent / "tensorboard" / out_dir.name)
+            point_tensorboard(trainer, Path(logging_dir or out_dir.parent / "tensorboard" / out_dir.name))
             train_started, cpu_started = time.perf_counter(), time.process_time()
             with training_run(report_to, run_name, out_dir.parent):
                 result = trainer.train()

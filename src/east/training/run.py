@@ -129,7 +129,7 @@ def train(
         local_weighting=local_weighting,
     )
     trainer.remove_callback(PrinterCallback)
-    point_tensorboard(trainer, Path(logging_dir) if logging_dir else out_dir / "tensorboard")
+    point_tensorboard(trainer, Path(logging_dir or out_dir / "tensorboard"))
     checkpoint = last_checkpoint(checkpoints) if resume else None
     with training_run(report_to, run_name, out_dir):
         result = trainer.train(resume_from_checkpoint=checkpoint)
