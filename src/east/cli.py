@@ -20,6 +20,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from east.errors import UserError
@@ -69,7 +70,8 @@ def guarded(fn):
         except UserError as exc:
             if state["verbose"]:
                 raise
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            # escape: a message naming an extra, east-selftrain[tracking], is not console markup
+            console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; finished stages and sample shards are kept, rerun to resume[/yellow]")
@@ -150,7 +152,7 @@ def bootstrap(
 
     cfg = load_config(config, overrides or [])
     start = time.time()
-    path = run_bootstrap(out, **dict(cfg.bootstrap))
+    path = run_bootstrap(out, **dict(cfg.bootstrap), report_to=cfg.train.report_to, run_name=f"{cfg.name}/bootstrap")
     console.print(f"backbone saved to {path} in {time.time() - start:.0f} s")
 
 

@@ -130,9 +130,24 @@ class TrainConfig(Section):
     logging_steps: int = Field(10, ge=1)
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every k steps (resume point).")
     lora: LoraConfig | None = None
+    report_to: list[Literal["none", "tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["none"], description="Experiment trackers for the trainers and the run-level "
+        "metrics (east.tracking); needs east-selftrain[tracking].")
     sft: LossHyper = Field(default_factory=lambda: LossHyper(learning_rate=2e-6))
     dpo: LossHyper = Field(default_factory=lambda: LossHyper(learning_rate=2e-7, beta=0.01))
     kto: LossHyper = Field(default_factory=lambda: LossHyper(learning_rate=2e-7, beta=0.05))
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("report_to")
+    @classmethod
+    def _none_alone(cls, value: list[str]) -> list[str]:
+        if not value or ("none" in value and len(value) > 1):
+            raise ValueError("give 'none' alone, or one or more of tensorboard, wandb")
+        return value
 
 
 class EvaluationConfig(Section):
@@ -304,9 +319,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     for text in overrides:
         apply_override(data, *parse_override(text))
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc, str(path or "config"))) from None
+    from east.tracking import require_trackers
+
+    require_trackers(config.train.report_to)  # here, not in the model: reading a saved run needs no tracker
+    return config
 
 
 def dump_config(config: RunConfig) -> str:

@@ -18,6 +18,7 @@ Layout of a run directory (every file is written atomically; a stage's manifest 
     seed-<s>/<arm>/model/           the trained model
     seed-<s>/<arm>/eval-{split}.*   per-question rows (.jsonl) and the summary (.json)
     results.json, results.md        the table (report.py)
+    tensorboard/<scope>/, wandb/    with train.report_to: TensorBoard events, offline W&B runs (tracking.py)
 
 A stage is skipped when its manifest's key matches the key computed from its config section and the
 keys of the stages it reads; otherwise it is redone and the reason is printed.
@@ -43,6 +44,7 @@ from east import io
 from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfig, dump_config, expand_arms
 from east.errors import UserError
 from east.records import GradedSet, Question, QuestionStats, SampleSet
+from east.tracking import Tracker
 
 console = Console(stderr=True)
 
@@ -77,6 +79,7 @@ class Run:
     log: Callable[[str], None] = field(default=lambda msg: console.print(msg, highlight=False))
     executed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    tracker: Tracker = field(default_factory=Tracker)  # train.report_to; does nothing by default
 
     def manifest_path(self, stage: str) -> Path:
         return self.root / "manifests" / f"{stage.replace('/', '__')}.json"
@@ -111,6 +114,7 @@ class Run:
         if old is not None:
             self.log(f"[yellow]redo {stage}: {reason}[/yellow]")
         self.log(f"[bold]{stage}[/bold] ...")
+        self.tracker.begin(stage)
         start = time.time()
         counts = fn() or {}
         manifest = {
@@ -125,6 +129,7 @@ class Run:
             "versions": versions(),
         }
         io.write_json(self.manifest_path(stage), manifest)
+        self.tracker.stage_done(manifest)
         self.executed.append(stage)
         return manifest
 
@@ -237,7 +242,7 @@ def stage_bootstrap(run: Run) -> None:
     out = run.root / "backbone"
 
     def build():
-        bootstrap(out, **dict(cfg))
+        bootstrap(out, **dict(cfg), **run.tracker.trainer_args("bootstrap"))
         return {"rows": cfg.n_rows}
 
     run.stage("bootstrap", cfg.model_dump(mode="json"), [], [out], build)
@@ -626,7 +631,8 @@ def stage_train(run: Run, cell: Cell) -> None:
 
     def build():
         rows = io.read_parquet(directory / "rows.parquet")
-        train(rows, start, directory, resume=True, **args)
+        # Tracking arguments stay out of `args`: they change no result, so they must not change the stage key.
+        train(rows, start, directory, resume=True, **args, **run.tracker.trainer_args(f"{cell.arm_name()}/train"))
         return {"rows": len(rows)}
 
     config = {**args, "train_from": run.config.train_from if not cell.shared else "base"}
@@ -726,8 +732,9 @@ def run_pipeline(config: RunConfig, root: Path, until: str = "report") -> Run:
     if until not in STAGES:
         raise UserError(f"unknown stage {until!r}; one of {', '.join(STAGES)}")
     stop = STAGES.index(until)
-    with RunLock(root):
+    with RunLock(root), Tracker.open(config, root) as tracker:
         run = prepare_run_dir(config, root)
+        run.tracker = tracker
         stage_bootstrap(run)
         if stop == 0:
             return run
@@ -739,7 +746,7 @@ def run_pipeline(config: RunConfig, root: Path, until: str = "report") -> Run:
         if stop >= STAGES.index("report"):
             from east.report import write_report
 
-            write_report(root)
+            tracker.results(write_report(root))
         return run
 
 

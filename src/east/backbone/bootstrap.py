@@ -23,6 +23,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -120,12 +121,22 @@ def bootstrap(
     max_seconds: float | None = DEFAULTS.max_seconds,
     few_shot_share: float = DEFAULTS.few_shot_share,
     few_shot_max: int = DEFAULTS.few_shot_max,
+    report_to: Sequence[str] = ("none",),
+    run_name: str | None = None,
+    logging_dir: str | Path | None = None,
 ) -> Path:
-    """Trains a fresh backbone on the warmup split and saves it to `out_dir` (replaced if present)."""
+    """Trains a fresh backbone on the warmup split and saves it to `out_dir` (replaced if present).
+
+    report_to / run_name: trackers of the warm-up (east.tracking); they change nothing in the model, so they are
+    not settings. TensorBoard events go to `logging_dir`, by default `tensorboard/<out_dir name>` beside out_dir:
+    out_dir itself is replaced whole at the end."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    from east.tracking import training_run
+    from east.training.run import point_tensorboard
 
     settings = BootstrapSettings(
         spec=spec, n_rows=n_rows, epochs=epochs, lr=lr, hidden=hidden, layers=layers, heads=heads,
@@ -157,7 +168,8 @@ def bootstrap(
                 # 5 renamed the flag (activation_checkpointing); setting both avoids its deprecation warning.
                 gradient_checkpointing=False,
                 activation_checkpointing=False,
-                report_to="none",
+                report_to=list(report_to),
+                run_name=run_name,
                 save_strategy="no",
                 logging_steps=50,
                 disable_tqdm=True,
@@ -173,8 +185,10 @@ def bootstrap(
                 processing_class=tokenizer,
                 callbacks=[_time_limit_callback(max_seconds)] if max_seconds else None,
             )
+            point_tensorboard(trainer, Path(logging_dir or out_dir.parent / "tensorboard" / out_dir.name))
             train_started, cpu_started = time.perf_counter(), time.process_time()
-            result = trainer.train()
+            with training_run(report_to, run_name, out_dir.parent):
+                result = trainer.train()
             train_seconds = time.perf_counter() - train_started
             # CPU time / wall time near the thread count means the run had the cores to itself.
             train_cpu_seconds = time.process_time() - cpu_started

@@ -6,6 +6,7 @@ Loads the model and tokenizer from `model_path`, builds TRL's config for the los
     out_dir/checkpoints/checkpoint-N/   Trainer checkpoints (only with save_steps), used by resume=True
     out_dir/model/                      final model + tokenizer (save_pretrained), written atomically
     out_dir/train_metrics.json          loss curve, weight stats, time, settings
+    out_dir/tensorboard/                TensorBoard events, with report_to=["tensorboard"] (or `logging_dir`)
 
 Called by the pipeline (one call per self-training iteration) as
 `east.training.train(rows, "path/to/model", "runs/it1/train", loss="dpo", beta=0.01, ...)`.
@@ -24,10 +25,12 @@ from typing import Any, Literal
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, KTOConfig, SFTConfig
 
 from east.tasks.prompts import auto_prefix, training_prompt
+from east.tracking import training_run
 from east.training.dpo import WeightedDPOTrainer
 from east.training.kto import WeightedKTOTrainer
 from east.training.local_weights import check_kind
@@ -60,6 +63,9 @@ def train(
     lr_scheduler_type: str = "linear",
     gradient_checkpointing: bool = False,
     trust_remote_code: bool = False,
+    report_to: Sequence[str] = ("none",),
+    run_name: str | None = None,
+    logging_dir: str | Path | None = None,
 ) -> Path:
     """Train on `rows` (selection.py's dicts with a `weight` column) and return `out_dir/model`.
 
@@ -67,6 +73,8 @@ def train(
     `merge` (default True: save the merged full model, loadable with from_pretrained like the input; False saves the
     adapter only). resume: continue from the last checkpoint in out_dir/checkpoints (needs an earlier call with
     save_steps); the same seed and settings give the same final weights as an uninterrupted run.
+    report_to: TRL's trackers ("tensorboard", "wandb"; east.tracking), run_name their name for this run, logging_dir
+    the TensorBoard directory (default out_dir/tensorboard). The weighted trainers' weight/* statistics go there too.
     """
     if loss not in TRAINERS:
         raise ValueError(f"loss must be 'sft', 'dpo' or 'kto', got {loss!r}")
@@ -99,7 +107,8 @@ def train(
         max_length=max_length,
         seed=seed,
         bf16=bf16,
-        report_to="none",
+        report_to=list(report_to),
+        run_name=run_name,
         # transformers 5 renamed the flag (activation_checkpointing); setting both avoids its deprecation warning.
         gradient_checkpointing=gradient_checkpointing,
         activation_checkpointing=gradient_checkpointing,
@@ -120,8 +129,10 @@ def train(
         local_weighting=local_weighting,
     )
     trainer.remove_callback(PrinterCallback)
+    point_tensorboard(trainer, Path(logging_dir or out_dir / "tensorboard"))
     checkpoint = last_checkpoint(checkpoints) if resume else None
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with training_run(report_to, run_name, out_dir):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
 
     final = save_model(trainer, tokenizer, out_dir / "model", merge=(lora or {}).get("merge", True))
     write_metrics(
@@ -156,6 +167,14 @@ def training_dtype() -> tuple[torch.dtype, bool]:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16, True
     return torch.float32, False
+
+
+def point_tensorboard(trainer, directory: Path) -> None:
+    """transformers 5 has no `logging_dir`: its TensorBoard callback writes to output_dir/runs/<date> (here inside
+    the checkpoints) unless TENSORBOARD_LOGGING_DIR is set, so tell the callback itself where to write."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(directory)
 
 
 def lora_config(lora: dict[str, Any] | None):
