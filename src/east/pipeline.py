@@ -20,7 +20,10 @@ Layout of a run directory (every file is written atomically; a stage's manifest 
     results.json, results.md        the table (report.py)
 
 A stage is skipped when its manifest's key matches the key computed from its config section and the
-keys of the stages it reads; otherwise it is redone and the reason is printed.
+keys of the stages it reads, and its outputs are still what it wrote (size and sampled content, see
+east.rundir); otherwise it is redone and the reason is printed ("output damaged: PATH" for damage).
+A stage redone after damage hands on a key that changes only if its outputs' bytes changed, so the
+stages after it are redone exactly when what they read is different.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any
 
 from rich.console import Console
 
-from east import io
+from east import io, rundir
 from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfig, dump_config, expand_arms
 from east.errors import UserError
 from east.records import GradedSet, Question, QuestionStats, SampleSet
@@ -70,26 +73,35 @@ def stage_key(config: Any, inputs: dict[str, str]) -> str:
 
 @dataclass
 class Run:
-    """A run directory plus the bookkeeping of which stages are done."""
+    """A run directory plus the bookkeeping of which stages are done.
+
+    dry=True (east status) runs nothing: `stale` collects why each stage would be redone, and a stage that
+    would be redone hands its readers a key of its own so they show as stale too. full=True checks outputs
+    against their full sha256 instead of size and sampled blocks."""
 
     config: RunConfig
     root: Path
     log: Callable[[str], None] = field(default=lambda msg: console.print(msg, highlight=False))
     executed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    dry: bool = False
+    full: bool = False
+    stale: dict[str, str] = field(default_factory=dict)
 
     def manifest_path(self, stage: str) -> Path:
         return self.root / "manifests" / f"{stage.replace('/', '__')}.json"
 
     def manifest(self, stage: str) -> dict | None:
-        path = self.manifest_path(stage)
-        return io.read_json(path) if path.exists() else None
+        """The stage's manifest, None if it has not run; rundir.ManifestDamaged if it is garbled."""
+        return rundir.read_manifest(self.manifest_path(stage))
 
     def key_of(self, stage: str) -> str:
+        if stage in self.stale:
+            return f"stale:{stage}"
         found = self.manifest(stage)
         if found is None:
             raise RuntimeError(f"stage {stage} has not run")
-        return found["key"]
+        return rundir.chain_key(found)
 
     def stage(
         self,
@@ -102,23 +114,35 @@ class Run:
         """Run `fn` unless a manifest says the same stage already produced `outputs` from the same inputs."""
         input_keys = {name: self.key_of(name) for name in inputs}
         key = stage_key(config, input_keys)
-        old = self.manifest(stage)
-        reason = self.stale_reason(old, key, config, input_keys, outputs)
+        try:
+            old = self.manifest(stage)
+        except rundir.ManifestDamaged as exc:
+            old, reason = None, f"manifest damaged: {exc}"
+        else:
+            reason = self.stale_reason(old, key, config, input_keys, outputs)
         if reason is None:
             self.skipped.append(stage)
             self.log(f"[dim]skip {stage} (done {old['finished_at']})[/dim]")
             return old
-        if old is not None:
+        if self.dry:
+            self.stale[stage] = reason
+            return old or {}
+        if reason != "not run yet":
             self.log(f"[yellow]redo {stage}: {reason}[/yellow]")
         self.log(f"[bold]{stage}[/bold] ...")
         start = time.time()
-        counts = fn() or {}
+        try:
+            counts = fn() or {}
+        except Exception as exc:
+            exc.add_note(f"in stage {stage}")  # the command line's last-resort message names the stage
+            raise
         manifest = {
             "stage": stage,
             "key": key,
             "inputs": input_keys,
             "config": config,
             "outputs": [str(p.relative_to(self.root)) for p in outputs],
+            "files": rundir.output_records(self.root, outputs),
             "counts": counts,
             "seconds": round(time.time() - start, 2),
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -128,13 +152,15 @@ class Run:
         self.executed.append(stage)
         return manifest
 
-    @staticmethod
-    def stale_reason(old, key, config, input_keys, outputs) -> str | None:
+    def stale_reason(self, old, key, config, input_keys, outputs) -> str | None:
         if old is None:
             return "not run yet"
         missing = [str(p) for p in outputs if not p.exists()]
         if missing:
             return f"output missing: {missing[0]}"
+        damaged = rundir.damage(self.root, old.get("files"), full=self.full)
+        if damaged:
+            return f"output damaged: {damaged}"
         if old["key"] == key:
             return None
         changed = [name for name, k in input_keys.items() if old["inputs"].get(name) != k]
@@ -341,8 +367,9 @@ def stage_sample(run: Run, cell: Cell) -> None:
         rows = []
         for index, start in enumerate(range(0, len(questions), cfg.shard_size)):
             shard_path = shard_dir / f"shard-{index:05d}-{fingerprint}.parquet"
-            if shard_path.exists():
-                rows.extend(io.read_parquet(shard_path))
+            finished = finished_shard(run, shard_path)
+            if finished is not None:
+                rows.extend(finished)
                 continue
             batch = questions[start : start + cfg.shard_size]
             generations = generate(run, model, tokenizer, prompts[start : start + cfg.shard_size], cfg.n,
@@ -356,6 +383,19 @@ def stage_sample(run: Run, cell: Cell) -> None:
         return {"questions": len(rows), "samples": sum(len(r["responses"]) for r in rows), "tokens": tokens}
 
     run.stage(f"{cell.samples_name()}/sample", key_config, deps, [out], build)
+
+
+def finished_shard(run: Run, path: Path) -> list[dict] | None:
+    """The rows of a shard written by an earlier run; None if there is none or it is damaged (then it is
+    removed and sampled again). Reading it whole is the check: a Parquet file's footer is its last bytes."""
+    if not path.exists():
+        return None
+    try:
+        return io.read_parquet(path)
+    except UserError:
+        run.log(f"[yellow]output damaged: {path}; sampling that shard again[/yellow]")
+        path.unlink()
+        return None
 
 
 def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, seed: int, temperature: float | None = None,
@@ -523,8 +563,9 @@ def stage_weight(run: Run, cell: Cell) -> None:
     args = weighting_args(run, cell.arm)
 
     def build():
+        graded = read_graded(graded_path)  # outside the try: a damaged file is not the arm's fault
         try:
-            stats = question_stats(read_graded(graded_path), **args)
+            stats = question_stats(graded, **args)
         except ValueError as exc:
             raise UserError(f"arm {cell.arm.label()}: {exc}") from None
         levels = difficulty_levels(run, cell, stats)
@@ -705,33 +746,64 @@ def prepare_run_dir(config: RunConfig, root: Path) -> Run:
     root.mkdir(parents=True, exist_ok=True)
     saved = root / "config.yaml"
     text = dump_config(config)
-    if saved.exists() and saved.read_text() != text:
-        check_compatible(saved, config)
-        console.print(f"[yellow]{saved}: config differs from the saved one; stages it affects will be redone[/yellow]")
+    old = saved_text(saved)
+    if old is not None and old != text:
+        if rundir.config_problem(old) is None:
+            check_compatible(saved, config)
+            console.print(f"[yellow]{saved}: config differs from the saved one; stages it affects will be redone[/yellow]")
+        else:
+            # The manifests still say what every stage was run with, so nothing is lost with it.
+            console.print(f"[yellow]{saved} was damaged ({rundir.config_problem(old)}); rewritten from the given "
+                          "config, stages are checked against their manifests[/yellow]")
     io.write_text(saved, text)
     return Run(config=config, root=root)
+
+
+def saved_text(path: Path) -> str | None:
+    """The saved config.yaml's text; None if absent; undecodable bytes come back as replacement characters."""
+    return path.read_bytes().decode("utf-8", errors="replace") if path.exists() else None
+
+
+def check_out_dir(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--out {root} is a file, not a directory; give --out a new or existing run directory")
 
 
 def run_pipeline(config: RunConfig, root: Path, until: str = "report") -> Run:
     """Run every stage up to `until` for every seed, arm and iteration, skipping what is already done."""
     if until not in STAGES:
         raise UserError(f"unknown stage {until!r}; one of {', '.join(STAGES)}")
-    stop = STAGES.index(until)
+    check_out_dir(root)
     with RunLock(root):
+        removed = rundir.remove_dead_temporaries(root)
+        if removed:
+            console.print(f"removed {len(removed)} temporary file(s) left by a process that was killed", highlight=False)
         run = prepare_run_dir(config, root)
-        stage_bootstrap(run)
-        if stop == 0:
-            return run
-        stage_questions(run)
-        if stop >= STAGES.index("evaluate"):
-            stage_evaluate(run, "default", model_path(run), base_dependencies(run), root / "default")
-        for seed in config.seeds:
-            run_seed(run, seed, stop)
-        if stop >= STAGES.index("report"):
+        run_stages(run, STAGES.index(until))
+        if until == "report":
             from east.report import write_report
 
             write_report(root)
         return run
+
+
+def plan_run(config: RunConfig, root: Path, *, full: bool = False) -> Run:
+    """What `east run` would do with this config, without doing it: `Run.stale` maps every stage that would
+    be (re)done to the reason, `Run.skipped` lists the finished ones; full=True reads every output whole."""
+    run = Run(config=config, root=root, log=lambda msg: None, dry=True, full=full)
+    run_stages(run, STAGES.index("evaluate"))
+    return run
+
+
+def run_stages(run: Run, stop: int) -> None:
+    stage_bootstrap(run)
+    if stop == 0:
+        return
+    stage_questions(run)
+    if stop >= STAGES.index("evaluate"):
+        stage_evaluate(run, "default", model_path(run), base_dependencies(run), run.root / "default")
+    for seed in run.config.seeds:
+        run_seed(run, seed, stop)
 
 
 def run_seed(run: Run, seed: int, stop: int) -> None:

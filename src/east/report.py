@@ -14,7 +14,6 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-import yaml
 
 from east import io
 from east.config import ArmConfig, RunConfig, expand_arms
@@ -54,7 +53,9 @@ def display_name(arm: ArmConfig) -> str:
 
 
 def load_config(root: Path) -> RunConfig:
-    return RunConfig.model_validate(yaml.safe_load((root / "config.yaml").read_text()))
+    from east.rundir import saved_config
+
+    return saved_config(root)
 
 
 def read_accuracy(path: Path) -> float | None:
@@ -233,7 +234,11 @@ def fmt_q(q: dict[str, float]) -> str:
 
 def write_report(root: Path) -> dict[str, Any]:
     root = Path(root)
+    from east.rundir import config_digest
+
     results = collect(root)
+    # Which config.yaml these results belong to: east status warns when a later run changed it.
+    results["config_digest"] = config_digest((root / "config.yaml").read_text())
     io.write_json(root / "results.json", results)
     io.write_text(root / "results.md", markdown(results))
     figure3(root, results)
