@@ -208,6 +208,8 @@ def status(
                                                 "config.yaml.")] = None,
 ) -> None:
     """Which stages of a run directory are done (with counts and timings), stale or damaged."""
+    from rich.markup import escape
+
     from east import rundir
     from east.config import load_config
     from east.pipeline import plan_run
@@ -236,13 +238,17 @@ def status(
     for m in found:
         plain = [(k, v) for k, v in m.get("counts", {}).items() if not isinstance(v, (dict, list))]
         counts = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in plain[:4])
-        state = ("not in the config" if m["stage"] not in planned
-                 else f"stale: {stale[m['stage']]}" if m["stage"] in stale else "done")
+        state = "not in the config" if m["stage"] not in planned else "stale" if m["stage"] in stale else "done"
         table.add_row(m["stage"], state, str(m["finished_at"])[11:], f"{m['seconds']:.1f}", counts,
                       style=None if state == "done" else "yellow")
-    for path, why in damaged.items():
-        table.add_row(path.stem.replace("__", "/"), f"manifest damaged: {why}", "", "", "", style="yellow")
+    for path in damaged:
+        table.add_row(path.stem.replace("__", "/"), "damaged", "", "", "", style="yellow")
     console.print(table)
+    # Reasons below the table, one line each, so paths in them stay whole (and greppable).
+    for stage, why in stale.items():
+        console.print(f"[yellow]stale {stage}: {escape(why)}[/yellow]", highlight=False)
+    for path, why in damaged.items():
+        console.print(f"[yellow]damaged manifest: {escape(why)}[/yellow]", highlight=False)
     shards = list(run_dir.glob("seed-*/shards/*.parquet"))
     if shards:
         console.print(f"{len(shards)} sample shard(s) on disk")

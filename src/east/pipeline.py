@@ -47,7 +47,7 @@ from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfi
 from east.errors import UserError
 from east.records import GradedSet, Question, QuestionStats, SampleSet
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a path in a log line stays whole in logs and pipes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -233,12 +233,15 @@ def stage_questions(run: Run) -> None:
     def build():
         counts = {}
         for split, path in zip(splits, outputs):
-            questions = load_questions(cfg, split)
+            questions = load_questions(cfg, split, run.config.grading_kind())
             io.write_jsonl(path, [q.to_dict() for q in questions])
             counts[split] = len(questions)
         return counts
 
-    run.stage("questions", cfg.model_dump(mode="json"), [], outputs, build)
+    config = cfg.model_dump(mode="json", exclude={"max_prompt_tokens"})  # applies to prompts (sample, evaluate)
+    if run.config.grading.kind != "auto":  # the golds are checked against the grader (only then not the task's)
+        config["grading_kind"] = run.config.grading_kind()
+    run.stage("questions", config, [], outputs, build)
 
 
 def model_path(run: Run) -> str:
@@ -278,6 +281,40 @@ def prompts_for(run: Run, tokenizer, questions: list[Question]) -> list[str]:
 
     shots = few_shot_examples(run)
     return [render_prompt(tokenizer, q, run.config.prompt.system, shots) for q in questions]
+
+
+def fitting_prompts(run: Run, model, tokenizer, questions: list[Question], prompts: list[str],
+                    split: str) -> tuple[list[Question], list[str], int]:
+    """The questions whose prompt fits (task.max_prompt_tokens, else the model's context), their prompts and how
+    many were skipped. A prompt too long is a one-line error naming its row unless task.skip_bad_rows: checked
+    before sampling, since the sampler would otherwise try to allocate its cache (a 1 MB question: ~1 TB)."""
+    limit, what = prompt_limit(run, model)
+    if limit is None:
+        return questions, prompts, 0
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    too_long = [i for i, n in enumerate(lengths) if n > limit]
+    if too_long and not run.config.task.skip_bad_rows:
+        i = too_long[0]
+        raise UserError(f"{questions_path(run, split)}:{i + 1}: question {questions[i].question_id} has a prompt of "
+                        f"{lengths[i]} tokens, more than {what} ({limit}); shorten or remove it, or set "
+                        "task.skip_bad_rows=true to skip such questions")
+    if too_long:
+        run.log(f"  {split}: skipped {len(too_long)} question(s) with a prompt over {limit} tokens ({what})")
+    keep = [i for i, n in enumerate(lengths) if n <= limit]
+    return [questions[i] for i in keep], [prompts[i] for i in keep], len(too_long)
+
+
+def prompt_limit(run: Run, model) -> tuple[int | None, str]:
+    if run.config.task.max_prompt_tokens is not None:
+        return run.config.task.max_prompt_tokens, "task.max_prompt_tokens"
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return (context, "the model's context length") if isinstance(context, int) else (None, "")
+
+
+def prompt_limit_key(run: Run) -> dict[str, int]:
+    """The prompt limit as part of a stage key, only when set (keys of runs without it stay as they were)."""
+    limit = run.config.task.max_prompt_tokens
+    return {} if limit is None else {"max_prompt_tokens": limit}
 
 
 def few_shot_examples(run: Run) -> list[Question]:
@@ -350,13 +387,15 @@ def stage_sample(run: Run, cell: Cell) -> None:
     shard_dir = out.parent / "shards"
     source, deps = policy(run, cell)
     key_config = {"sampling": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
-                  "model": run.config.model.model_dump(mode="json"), "seed": cell.seed, "iteration": cell.iteration}
+                  "model": run.config.model.model_dump(mode="json"), "seed": cell.seed, "iteration": cell.iteration,
+                  **prompt_limit_key(run)}
     deps = ["questions", *deps]
 
     def build():
         questions = read_questions(questions_path(run, "train"))
         model, tokenizer = load_model_and_tokenizer(run, source)
-        prompts = prompts_for(run, tokenizer, questions)
+        questions, prompts, skipped = fitting_prompts(run, model, tokenizer, questions,
+                                                      prompts_for(run, tokenizer, questions), "train")
         shard_dir.mkdir(parents=True, exist_ok=True)
         # Shards carry the fingerprint of everything that determines them, so a changed setting never
         # reuses a stale shard, and a resumed run keeps exactly the shards it finished.
@@ -380,7 +419,8 @@ def stage_sample(run: Run, cell: Cell) -> None:
             run.log(f"  shard {index}: {len(rows)}/{len(questions)} questions sampled")
         io.write_parquet(out, rows)
         tokens = sum(sum(r["num_tokens"]) for r in rows)
-        return {"questions": len(rows), "samples": sum(len(r["responses"]) for r in rows), "tokens": tokens}
+        counts = {"questions": len(rows), "samples": sum(len(r["responses"]) for r in rows), "tokens": tokens}
+        return {**counts, "skipped_long_prompts": skipped} if skipped else counts
 
     run.stage(f"{cell.samples_name()}/sample", key_config, deps, [out], build)
 
@@ -680,7 +720,8 @@ def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], dir
         def build(split=split, rows_path=rows_path, summary_path=summary_path):
             questions = read_questions(questions_path(run, split))
             model, tokenizer = load_model_and_tokenizer(run, path_of_model)
-            prompts = prompts_for(run, tokenizer, questions)
+            questions, prompts, skipped = fitting_prompts(run, model, tokenizer, questions,
+                                                          prompts_for(run, tokenizer, questions), split)
             rows, summary = evaluate(
                 questions, prompts,
                 lambda ps, n, temperature, seed: generate(run, model, tokenizer, ps, n, temperature=temperature,
@@ -689,12 +730,14 @@ def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], dir
                 kind=run.config.grading_kind(), k=cfg.k, k_temperature=cfg.temperature,
                 timeout=run.config.grading.timeout,
             )
+            if skipped:
+                summary["skipped_long_prompts"] = skipped
             io.write_jsonl(rows_path, rows)
             io.write_json(summary_path, summary)
             return summary
 
         config = {"evaluation": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
-                  "split": split, "kind": run.config.grading_kind()}
+                  "split": split, "kind": run.config.grading_kind(), **prompt_limit_key(run)}
         run.stage(f"{name}/evaluate-{split}", config, deps + ["questions"], [rows_path, summary_path], build)
 
 
