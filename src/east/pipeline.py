@@ -766,20 +766,25 @@ STAGES = ("bootstrap", "sample", "grade", "weight", "train", "evaluate", "report
 
 
 IDENTITY_SECTIONS = ("task", "model")  # what a run directory is *about*; other sections may change and re-run stages
+# How bad rows are handled is not what the directory is about: the errors that name these keys must be fixable in place.
+ROW_HANDLING = {"skip_bad_rows", "max_prompt_tokens"}
 
 
 def check_compatible(saved: Path, config: RunConfig) -> None:
-    """Refuse a run directory made for another task or model (or by an incompatible version of east)."""
+    """Refuse a run directory made for another task or model."""
     import yaml
     from pydantic import ValidationError
 
     try:
         old = RunConfig.model_validate(yaml.safe_load(saved.read_text()))
     except (ValidationError, yaml.YAMLError) as exc:
-        raise UserError(f"{saved} was written by an incompatible config ({str(exc).splitlines()[0]}); "
-                        "use another --out or delete that run directory") from None
+        # Damaged, or from another version of east. The manifests still say what each stage ran with, and
+        # the stage keys redo whatever differs, so nothing is mixed up by carrying on.
+        console.print(f"[yellow]{saved} could not be read as a config ({str(exc).splitlines()[0]}); rewritten "
+                      "from the given config, stages are checked against their manifests[/yellow]")
+        return
     for section in IDENTITY_SECTIONS:
-        before, after = getattr(old, section).model_dump(mode="json"), getattr(config, section).model_dump(mode="json")
+        before, after = (getattr(c, section).model_dump(mode="json", exclude=ROW_HANDLING) for c in (old, config))
         if before != after:
             raise UserError(f"{saved.parent} was created for a different {section} ({changed_keys(before, after)}); "
                             "use another --out")
