@@ -96,7 +96,6 @@ def same_files(out: Path, reference: Path) -> None:
 # Damaged artifacts are noticed and redone; the stages after them follow only if what they read changed
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ARTIFACTS))
 def test_truncated_artifact_redoes_its_stage_with_identical_results(copy, finished, name):
     config, out = copy
@@ -136,7 +135,6 @@ def test_zero_byte_rows_parquet_and_a_dead_processes_temp_files(copy, finished):
     same_files(out, finished[1])
 
 
-@pytest.mark.slow
 def test_truncated_shard_of_an_unfinished_sampling_is_sampled_again(copy, finished):
     config, out = copy
     (out / "seed-0/samples.parquet").unlink()
@@ -337,3 +335,12 @@ def test_stage_key_is_unchanged_for_old_manifests():
     manifest = {"key": stage_key({"a": 1}, {})}
     assert rundir.chain_key(manifest) == manifest["key"]
     assert rundir.chain_key({**manifest, "files": {"x": {"sha256": "0" * 64}}}) != manifest["key"]
+
+
+def test_damaged_model_given_by_the_user(tmp_path, finished):
+    model = tmp_path / "model"
+    shutil.copytree(finished[1] / "seed-0/sft/model", model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    line = error_line(east("sample", finished[0], f"model.path={model}", "--out", tmp_path / "run"))
+    assert f"model '{model}': its weights file is damaged" in line and "replace it" in line

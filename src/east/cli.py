@@ -268,7 +268,10 @@ def results_outdated(run_dir: Path) -> str | None:
     results = run_dir / "results.json"
     if not results.exists():
         return None
-    digest = io.read_json(results).get("config_digest")
+    try:
+        digest = io.read_json(results).get("config_digest")
+    except UserError as exc:
+        return str(exc)
     if digest == rundir.config_digest((run_dir / "config.yaml").read_text()):
         return None
     return (f"{results} was written for an earlier config.yaml; `east run` (or `east report` once every stage is "
