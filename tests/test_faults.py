@@ -344,3 +344,16 @@ def test_damaged_model_given_by_the_user(tmp_path, finished):
     weights.write_bytes(weights.read_bytes()[:5000])
     line = error_line(east("sample", finished[0], f"model.path={model}", "--out", tmp_path / "run"))
     assert f"model '{model}': its weights file is damaged" in line and "replace it" in line
+
+
+def test_permission_denied_names_the_file_and_the_fix(copy, monkeypatch):
+    config, out = copy
+    (out / "seed-0/sft/stats.parquet").unlink()
+
+    def denied(path, rows):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(io, "write_parquet", denied)
+    line = error_line(east("run", config, "--out", out))
+    assert f"Permission denied ({out / 'seed-0/sft/stats.parquet'}) (in stage seed-0/sft/weight)" in line
+    assert "make it writable" in line and "rerun to resume" in line
