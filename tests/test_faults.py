@@ -357,3 +357,27 @@ def test_permission_denied_names_the_file_and_the_fix(copy, monkeypatch):
     line = error_line(east("run", config, "--out", out))
     assert f"Permission denied ({out / 'seed-0/sft/stats.parquet'}) (in stage seed-0/sft/weight)" in line
     assert "make it writable" in line and "rerun to resume" in line
+
+
+def test_checkpoint_cut_short_is_not_resumed_from(tmp_path):
+    from east.training.run import last_checkpoint
+
+    for step, complete in ((2, True), (4, True), (6, False)):
+        directory = tmp_path / f"checkpoint-{step}"
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(b"\0" * 100)
+        if complete:
+            (directory / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert not (tmp_path / "checkpoint-6").exists()
+
+
+def test_os_error_inside_a_library_error_gets_its_fix():
+    from safetensors import SafetensorError
+
+    from east.cli import error_line as line_of
+
+    exc = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    exc.add_note("in stage seed-0/sft/train")
+    line = line_of(exc)
+    assert line.startswith("No space left on device (in stage seed-0/sft/train)") and "free some disk space" in line

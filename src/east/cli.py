@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -110,6 +111,9 @@ def error_line(exc: Exception) -> str:
         fix = OS_FIXES.get(exc.errno, RESUME)
         return escape(f"{exc.strerror or exc} ({file}){where}; {fix}")
     text = " ".join(str(exc).split())[:300]
+    code = re.search(r"\(os error (\d+)\)", text)  # Rust libraries (safetensors, tokenizers) wrap OS errors
+    if code and int(code.group(1)) in OS_FIXES:
+        return escape(f"{os.strerror(int(code.group(1)))}{where}: {text}; {OS_FIXES[int(code.group(1))]}")
     if isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
         return escape(f"out of memory{where}: {text or 'MemoryError'}; {MEMORY_FIX}")
     return escape(f"{type(exc).__name__}: {text}{where}; unexpected, please report it with the output of "

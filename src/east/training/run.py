@@ -171,7 +171,14 @@ def lora_config(lora: dict[str, Any] | None):
 
 
 def last_checkpoint(checkpoints: Path) -> str | None:
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    """The newest complete Trainer checkpoint. Trainer writes trainer_state.json last, so a checkpoint without
+    it was cut short (a kill or a full disk during the save); it is removed rather than resumed from."""
+    if not checkpoints.is_dir():
+        return None
+    for partial in checkpoints.glob("checkpoint-*"):
+        if partial.is_dir() and not (partial / "trainer_state.json").is_file():
+            shutil.rmtree(partial, ignore_errors=True)  # every process of a multi-process run tries
+    return get_last_checkpoint(str(checkpoints))
 
 
 def save_model(trainer, tokenizer, final: Path, merge: bool) -> Path:
