@@ -53,8 +53,8 @@ class TaskConfig(Section):
     hub_config: str | None = Field(None, description="Hub dataset config name, e.g. 'main' for openai/gsm8k.")
     question_field: str = Field("question", description="jsonl: the field holding the question.")
     answer_field: str = Field("answer", description="jsonl: the field holding the gold answer.")
-    skip_bad_rows: bool = Field(False, description="Skip (and count) rows without a usable gold, with a gold the grader "
-                                "can never match, or with a prompt too long, instead of failing.")
+    skip_bad_rows: bool = Field(False, description="Skip (and count) rows without a usable gold, with a non-number gold "
+                                "under number-based grading, or with a prompt too long, instead of failing.")
     max_prompt_tokens: int | None = Field(None, ge=1, description="Refuse (or with skip_bad_rows skip) questions whose "
                                           "prompt is longer (None: the model's context length).")
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-
-from east import io
+from east import io, rundir
 from east.config import ArmConfig, RunConfig, expand_arms
 
 # Two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond the table.
@@ -53,9 +52,7 @@ def display_name(arm: ArmConfig) -> str:
 
 
 def load_config(root: Path) -> RunConfig:
-    from east.rundir import saved_config
-
-    return saved_config(root)
+    return rundir.saved_config(root)  # a damaged config.yaml is a one-line error saying how to restore it
 
 
 def read_accuracy(path: Path) -> float | None:
@@ -234,11 +231,9 @@ def fmt_q(q: dict[str, float]) -> str:
 
 def write_report(root: Path) -> dict[str, Any]:
     root = Path(root)
-    from east.rundir import config_digest
-
     results = collect(root)
     # Which config.yaml these results belong to: east status warns when a later run changed it.
-    results["config_digest"] = config_digest((root / "config.yaml").read_text())
+    results["config_digest"] = rundir.config_digest((root / "config.yaml").read_text())
     io.write_json(root / "results.json", results)
     io.write_text(root / "results.md", markdown(results))
     figure3(root, results)

@@ -4,6 +4,7 @@ Each stage's manifest records, for every file of its outputs (a directory output
 
     size      bytes
     sample    sha256 of the first and last 64 KiB and of 8 blocks of 64 KiB spread evenly between them
+              (of the whole file when it is at most 640 KiB: every manifest, question file and most tables)
     sha256    sha256 of the whole file, computed once when the stage finishes
 
 Before a finished stage is skipped, `damage(..., full=False)` compares size and sample: at most 640 KiB
