@@ -129,6 +129,58 @@ def test_duplicate_question_id_names_both_lines(tmp_path):
     assert "must be unique" in line
 
 
+def test_non_utf8_jsonl_names_the_line_and_the_fix(tmp_path):
+    rows = arith_rows("train", 4)
+    train = tmp_path / "train.jsonl"
+    lines = [json.dumps(r).encode() for r in rows]
+    lines[2] = lines[2].replace(b"has", b"h\xe4s")  # latin-1
+    train.write_bytes(b"\n".join(lines) + b"\n")
+    line = error_line(east("sample", jsonl_config(tmp_path, train), "--out", tmp_path / "run"))
+    assert f"{train}:3: not UTF-8 text (byte 0xe4" in line and "convert the file to UTF-8" in line
+
+
+def test_non_number_gold_under_number_grading_is_refused_or_skipped(tmp_path):
+    rows = arith_rows("train", 6)
+    rows[4]["answer"] = "seven"
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    line = error_line(east("sample", jsonl_config(tmp_path, train), "--out", tmp_path / "run"))
+    assert f"{train}:5: gold answer 'seven' is not a number, but the gsm8k grader compares numbers" in line
+    assert "task.skip_bad_rows=true" in line
+    path = jsonl_config(tmp_path, train)
+    result = east("sample", path, "task.skip_bad_rows=true", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 row(s)" in result.output
+    assert len((tmp_path / "run" / "data" / "train.jsonl").read_text().splitlines()) == 5
+    result = east("sample", path, "grading.kind=math", "--out", tmp_path / "run2")  # math compares expressions
+    assert result.exit_code == 0, result.output
+
+
+def test_prompt_longer_than_the_limit_is_refused_or_skipped(tmp_path):
+    rows = arith_rows("train", 6)
+    rows[3]["question"] = "Mia has 3 figs. " * 80  # ~1,300 characters: over the backbone's 1,024-token context
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    path = jsonl_config(tmp_path, train)
+    out = tmp_path / "run"
+    line = error_line(east("sample", path, "--out", out))
+    assert f"{out / 'data' / 'train.jsonl'}:4: question jsonl-train-00004 has a prompt of" in line
+    assert "more than the model's context length (1024)" in line and "task.skip_bad_rows=true" in line
+    result = east("sample", path, "task.skip_bad_rows=true", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "train: skipped 1 question(s) with a prompt over 1024 tokens" in result.output.replace("\n", " ")
+    from east import io
+
+    manifest = io.read_json(out / "manifests" / "seed-0__sample.json")
+    assert manifest["counts"]["questions"] == 5 and manifest["counts"]["skipped_long_prompts"] == 1
+    line = error_line(east("sample", path, "task.max_prompt_tokens=20", "--out", out))
+    assert "more than task.max_prompt_tokens (20)" in line and ":1: question" in line
+
+
+def test_no_arms_is_a_config_error(tmp_path):
+    line = error_line(east("run", config(tmp_path, task=arith_task()), "arms=[]", "--out", tmp_path / "run"))
+    assert "key 'arms'" in line and "list at least one" in line
+    assert not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Config
 

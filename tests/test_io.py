@@ -63,3 +63,40 @@ def test_artifacts_get_the_umask_permissions_not_private_ones(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_temporary_names_carry_the_pid(tmp_path):
+    import os
+
+    with io.atomic_path(tmp_path / "x.json") as tmp:
+        assert tmp.name.startswith(f".x.json.tmp-{os.getpid()}.")
+        tmp.write_text("{}")
+
+
+def test_damaged_parquet_and_json_are_one_line_errors_naming_the_file(tmp_path):
+    path = io.write_parquet(tmp_path / "x.parquet", [{"a": 1}])
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(UserError, match=r"x.parquet: damaged or not a Parquet file .*delete it and rerun"):
+        io.read_parquet(path)
+    path.write_bytes(b"")
+    with pytest.raises(UserError, match=r"x.parquet: damaged"):
+        io.read_parquet(path)
+    path = io.write_json(tmp_path / "x.json", {"a": 1})
+    path.write_bytes(b'{"a": \xff')
+    with pytest.raises(UserError, match=r"x.json: damaged, not valid JSON"):
+        io.read_json(path)
+
+
+def test_directories_written_by_libraries_follow_the_umask(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with io.atomic_path(tmp_path / "model", directory=True) as tmp:
+            weights = tmp / "model.safetensors"
+            weights.write_bytes(b"x")
+            weights.chmod(0o600)  # what safetensors does
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755

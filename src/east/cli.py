@@ -6,13 +6,17 @@
     east bootstrap [--out DIR]                  train the built-in backbone
     east report RUN_DIR    east status RUN_DIR
 
-A problem with the input is printed as one line (exit code 2); `--verbose` shows the traceback.
+A problem with the input, a damaged file, a full disk, a permission or memory problem is printed as one
+line naming the file and the fix (exit code 2); so is an unexpected error, named with its stage.
+`--verbose` shows the traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -61,29 +65,60 @@ def quiet_libraries() -> None:
 
 
 def guarded(fn):
-    """Turn a UserError (or a crash) into one line and exit code 2, unless --verbose."""
+    """Turn any failure into one line and exit code 2 (130 for Ctrl-C), unless --verbose."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as exc:
-            if state["verbose"]:
-                raise
-            # escape: a message naming an extra, east-selftrain[tracking], is not console markup
-            console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; finished stages and sample shards are kept, rerun to resume[/yellow]")
             raise typer.Exit(130) from None
-        except OSError as exc:
+        except typer.Exit:
+            raise
+        except Exception as exc:
             if state["verbose"]:
                 raise
-            console.print(f"[red]error:[/red] {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''}); "
-                          "nothing half-written was kept, rerun to resume", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {error_line(exc)}", highlight=False, soft_wrap=True, markup=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+RESUME = "nothing half-written was kept, rerun to resume"
+OS_FIXES = {
+    errno.ENOSPC: f"free some disk space; {RESUME}",
+    errno.EDQUOT: f"free some space within your disk quota; {RESUME}",
+    errno.EACCES: f"make it writable and readable for you (or use another --out); {RESUME}",
+    errno.EPERM: f"make it writable and readable for you (or use another --out); {RESUME}",
+    errno.EROFS: f"the file system is read-only: use another --out; {RESUME}",
+    errno.ENOTDIR: "a part of that path is a file, not a directory: check --out and the paths in the config",
+    errno.EISDIR: "that path is a directory where a file was expected: check --out and the paths in the config",
+}
+MEMORY_FIX = ("lower sampling.token_budget / evaluation.token_budget or train.batch_size, or refuse long questions "
+              "with task.max_prompt_tokens")
+
+
+def error_line(exc: Exception) -> str:
+    """One line for any failure: the file or stage, what happened and the fix. (No rich markup from messages.)"""
+    from rich.markup import escape
+
+    stage = next((note for note in getattr(exc, "__notes__", []) if note.startswith("in stage ")), None)
+    where = f" ({stage})" if stage else ""
+    if isinstance(exc, UserError):
+        return escape(str(exc))
+    if isinstance(exc, OSError):
+        file = getattr(exc, "filename", None) or ""
+        fix = OS_FIXES.get(exc.errno, RESUME)
+        return escape(f"{exc.strerror or exc} ({file}){where}; {fix}")
+    text = " ".join(str(exc).split())[:300]
+    code = re.search(r"\(os error (\d+)\)", text)  # Rust libraries (safetensors, tokenizers) wrap OS errors
+    if code and int(code.group(1)) in OS_FIXES:
+        return escape(f"{os.strerror(int(code.group(1)))}{where}: {text}; {OS_FIXES[int(code.group(1))]}")
+    if isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
+        return escape(f"out of memory{where}: {text or 'MemoryError'}; {MEMORY_FIX}")
+    return escape(f"{type(exc).__name__}: {text}{where}; unexpected, please report it with the output of "
+                  "`east --verbose ...` (finished stages are kept, a rerun resumes)")
 
 
 def configure_run(config: Path, overrides: list[str] | None, out: Path | None):
@@ -170,28 +205,82 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
 
 @app.command()
 @guarded
-def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
-    """Which stages of a run directory are done, with counts and timings."""
-    from east import io
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    verify: Annotated[bool, typer.Option("--verify", help="Read every output whole and check it against its digest; "
+                                         "exit code 1 if anything is damaged or stale.")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="Compare with this config instead of the run's "
+                                                "config.yaml.")] = None,
+) -> None:
+    """Which stages of a run directory are done (with counts and timings), stale or damaged."""
+    from rich.markup import escape
 
-    manifests = sorted((run_dir / "manifests").glob("*.json")) if (run_dir / "manifests").exists() else []
+    from east import rundir
+    from east.config import load_config
+    from east.pipeline import plan_run
+
+    manifests = sorted((run_dir / "manifests").glob("*.json")) if (run_dir / "manifests").is_dir() else []
     if not manifests:
         raise UserError(f"{run_dir}: no finished stages (no manifests/)")
-    table = Table(title=f"{run_dir}: {len(manifests)} finished stage(s), in the order they ran")
+    cfg = load_config(config) if config else rundir.saved_config(run_dir)
+    plan = plan_run(cfg, run_dir, full=verify)
+    found, damaged = [], {}
+    # A manifest is written last in its stage, so its mtime orders the stages (finished_at has 1 s resolution).
+    for path in sorted(manifests, key=lambda p: p.stat().st_mtime_ns):
+        try:
+            found.append(rundir.read_manifest(path))
+        except rundir.ManifestDamaged as exc:
+            damaged[path] = str(exc)
+    stale = {stage: why for stage, why in plan.stale.items() if why != "not run yet"}
+    table = Table(title=f"{run_dir}: {len(plan.skipped)} finished stage(s), {len(stale)} stale or damaged, "
+                        f"{len(plan.stale) - len(stale)} not run yet")
     table.add_column("stage", no_wrap=True)
+    table.add_column("state")
     table.add_column("finished", no_wrap=True)
     table.add_column("s", justify="right", no_wrap=True)
     table.add_column("counts")
-    # A manifest is written last in its stage, so its mtime orders the stages (finished_at has 1 s resolution).
-    found = [io.read_json(path) for path in sorted(manifests, key=lambda p: p.stat().st_mtime_ns)]
+    planned = set(plan.skipped) | set(plan.stale)
     for m in found:
         plain = [(k, v) for k, v in m.get("counts", {}).items() if not isinstance(v, (dict, list))]
         counts = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in plain[:4])
-        table.add_row(m["stage"], m["finished_at"][11:], f"{m['seconds']:.1f}", counts)
+        state = "not in the config" if m["stage"] not in planned else "stale" if m["stage"] in stale else "done"
+        table.add_row(m["stage"], state, str(m["finished_at"])[11:], f"{m['seconds']:.1f}", counts,
+                      style=None if state == "done" else "yellow")
+    for path in damaged:
+        table.add_row(path.stem.replace("__", "/"), "damaged", "", "", "", style="yellow")
     console.print(table)
+    # Reasons below the table, one line each, so paths in them stay whole (and greppable).
+    for stage, why in stale.items():
+        console.print(f"[yellow]stale {stage}: {escape(why)}[/yellow]", highlight=False)
+    for path, why in damaged.items():
+        console.print(f"[yellow]damaged manifest: {escape(why)}[/yellow]", highlight=False)
     shards = list(run_dir.glob("seed-*/shards/*.parquet"))
     if shards:
         console.print(f"{len(shards)} sample shard(s) on disk")
+    outdated = results_outdated(run_dir)
+    if outdated:
+        console.print(f"[yellow]{outdated}[/yellow]", highlight=False)
+    if verify and (stale or damaged):
+        console.print(f"{len(stale) + len(damaged)} stage(s) stale or damaged; `east run CONFIG --out {run_dir}` "
+                      "redoes them", highlight=False)
+        raise typer.Exit(1)
+
+
+def results_outdated(run_dir: Path) -> str | None:
+    """A warning when results.json was written for another config.yaml than the one in the directory now."""
+    from east import io, rundir
+
+    results = run_dir / "results.json"
+    if not results.exists():
+        return None
+    try:
+        digest = io.read_json(results).get("config_digest")
+    except UserError as exc:
+        return str(exc)
+    if digest == rundir.config_digest((run_dir / "config.yaml").read_text()):
+        return None
+    return (f"{results} was written for an earlier config.yaml; `east run` (or `east report` once every stage is "
+            "done) rewrites it")
 
 
 def print_results(root: Path) -> None:

@@ -53,7 +53,10 @@ class TaskConfig(Section):
     hub_config: str | None = Field(None, description="Hub dataset config name, e.g. 'main' for openai/gsm8k.")
     question_field: str = Field("question", description="jsonl: the field holding the question.")
     answer_field: str = Field("answer", description="jsonl: the field holding the gold answer.")
-    skip_bad_rows: bool = Field(False, description="Skip (and count) rows without a usable gold instead of failing.")
+    skip_bad_rows: bool = Field(False, description="Skip (and count) rows without a usable gold, with a non-number gold "
+                                "under number-based grading, or with a prompt too long, instead of failing.")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Refuse (or with skip_bad_rows skip) questions whose "
+                                          "prompt is longer (None: the model's context length).")
 
 
 class ModelConfig(Section):
@@ -225,9 +228,18 @@ class RunConfig(Section):
             raise ValueError("seeds must be a non-empty list of distinct integers")
         return seeds
 
+    @field_validator("arms")
+    @classmethod
+    def _arms_not_empty(cls, arms: list[ArmConfig]) -> list[ArmConfig]:
+        if not arms:  # sampling everything and training nothing is never what was meant
+            raise ValueError("no arms: list at least one, e.g. arms=[{name: sft}]")
+        return arms
+
     @model_validator(mode="after")
     def _arms_distinct(self) -> RunConfig:
         labels = [arm.label() for arm in expand_arms(self.arms)]
+        if not labels:
+            raise ValueError("arms: every arm lists an empty `a`; give each at least one value")
         dupes = sorted({label for label in labels if labels.count(label) > 1})
         if dupes:
             raise ValueError(f"arm names must be distinct, repeated: {dupes} (give each arm a `name`)")

@@ -2,6 +2,10 @@
 
 Every write goes to a temporary name in the same directory, is flushed and fsynced, then renamed into
 place (atomic on POSIX). Readers therefore see either the old file, the whole new one, or nothing.
+Temporary names are `.<name>.tmp-<pid>.<random>`: a failed write removes its own, and the pid lets the
+next run remove those of a process that was killed (east.rundir.remove_dead_temporaries). Every file
+and directory written gets the permissions the umask gives a plain open(), whatever the library that
+wrote it chose. A damaged or undecodable file is read as a one-line UserError naming it.
 Tables are Parquet (nested lists survive; `datasets.load_dataset("parquet", data_files=...)` opens
 them) or JSONL for per-example rows meant to be read by people.
 """
@@ -28,16 +32,17 @@ def atomic_path(path: Path, *, directory: bool = False):
     """Yield a temporary sibling of `path`; on success rename it onto `path`, on failure remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = temporary_prefix(path)
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
         os.close(fd)
         tmp = Path(name)
-    # mkstemp/mkdtemp create private (0600/0700) entries; artifacts get the permissions of a plain open().
-    tmp.chmod((0o777 if directory else 0o666) & ~current_umask())
     try:
         yield tmp
+        # mkstemp/mkdtemp (and some writers, safetensors among them) create private 0600/0700 entries.
+        follow_umask(tmp)
         if not directory:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
@@ -50,6 +55,20 @@ def atomic_path(path: Path, *, directory: bool = False):
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def temporary_prefix(path: Path) -> str:
+    """`.<name>.tmp-<pid>.`: hidden, and carrying the pid that east.rundir checks before removing it."""
+    return f".{Path(path).name}.tmp-{os.getpid()}."
+
+
+def follow_umask(path: Path) -> None:
+    """Give `path` (and everything under it) the permissions a plain open() / mkdir() would."""
+    mask = current_umask()
+    path = Path(path)
+    for entry in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if not entry.is_symlink():
+            entry.chmod((0o777 if entry.is_dir() else 0o666) & ~mask)
 
 
 def current_umask() -> int:
@@ -68,7 +87,19 @@ def write_parquet(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def read_parquet(path: Path) -> list[dict[str, Any]]:
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except pa.ArrowException as exc:
+        if isinstance(exc, OSError) and exc.errno:
+            raise  # a real I/O error (disk, permission): the command line reports it with its file
+        raise UserError(f"{path}: damaged or not a Parquet file ({first_line(exc)}); {DAMAGED_FIX}") from None
+
+
+DAMAGED_FIX = "if east wrote it, delete it and rerun (the stage that wrote it is redone), otherwise replace it"
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
@@ -80,8 +111,13 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
 
 def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) of a JSONL file; a malformed line is a one-line error naming the file and line."""
-    with open(path) as handle:
-        for number, line in enumerate(handle, 1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                f"{exc.start + 1}); convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8") from None
             if not line.strip():
                 continue
             try:
@@ -104,7 +140,10 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: damaged, not valid JSON ({first_line(exc)}); {DAMAGED_FIX}") from None
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -44,5 +44,10 @@ def load_model_and_tokenizer(path: str, *, dtype: str = "auto", trust_remote_cod
     except OSError as exc:
         raise UserError(f"model {path!r} could not be loaded ({str(exc).splitlines()[0]}); "
                         "give a local directory with save_pretrained files, or a hub id reachable from here") from None
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise UserError(f"model {path!r}: its weights file is damaged ({str(exc).splitlines()[0]}); replace it, or "
+                        "if east trained it, delete that model directory and rerun") from None
     model.to(device()).eval()
     return model, tokenizer

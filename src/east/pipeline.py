@@ -21,7 +21,10 @@ Layout of a run directory (every file is written atomically; a stage's manifest 
     tensorboard/<scope>/, wandb/    with train.report_to: TensorBoard events, offline W&B runs (tracking.py)
 
 A stage is skipped when its manifest's key matches the key computed from its config section and the
-keys of the stages it reads; otherwise it is redone and the reason is printed.
+keys of the stages it reads, and its outputs are still what it wrote (size and sampled content, see
+east.rundir); otherwise it is redone and the reason is printed ("output damaged: PATH" for damage).
+A stage redone after damage hands on a key that changes only if its outputs' bytes changed, so the
+stages after it are redone exactly when what they read is different.
 """
 
 from __future__ import annotations
@@ -40,13 +43,13 @@ from typing import Any
 
 from rich.console import Console
 
-from east import io
+from east import io, rundir
 from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfig, dump_config, expand_arms
 from east.errors import UserError
 from east.records import GradedSet, Question, QuestionStats, SampleSet
 from east.tracking import Tracker
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a path in a log line stays whole in logs and pipes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -72,7 +75,11 @@ def stage_key(config: Any, inputs: dict[str, str]) -> str:
 
 @dataclass
 class Run:
-    """A run directory plus the bookkeeping of which stages are done."""
+    """A run directory plus the bookkeeping of which stages are done.
+
+    dry=True (east status) runs nothing: `stale` collects why each stage would be redone, and a stage that
+    would be redone hands its readers a key of its own so they show as stale too. full=True checks outputs
+    against their full sha256 instead of size and sampled blocks."""
 
     config: RunConfig
     root: Path
@@ -80,19 +87,24 @@ class Run:
     executed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     tracker: Tracker = field(default_factory=Tracker)  # train.report_to; does nothing by default
+    dry: bool = False
+    full: bool = False
+    stale: dict[str, str] = field(default_factory=dict)
 
     def manifest_path(self, stage: str) -> Path:
         return self.root / "manifests" / f"{stage.replace('/', '__')}.json"
 
     def manifest(self, stage: str) -> dict | None:
-        path = self.manifest_path(stage)
-        return io.read_json(path) if path.exists() else None
+        """The stage's manifest, None if it has not run; rundir.ManifestDamaged if it is garbled."""
+        return rundir.read_manifest(self.manifest_path(stage))
 
     def key_of(self, stage: str) -> str:
+        if stage in self.stale:
+            return f"stale:{stage}"
         found = self.manifest(stage)
         if found is None:
             raise RuntimeError(f"stage {stage} has not run")
-        return found["key"]
+        return rundir.chain_key(found)
 
     def stage(
         self,
@@ -105,24 +117,36 @@ class Run:
         """Run `fn` unless a manifest says the same stage already produced `outputs` from the same inputs."""
         input_keys = {name: self.key_of(name) for name in inputs}
         key = stage_key(config, input_keys)
-        old = self.manifest(stage)
-        reason = self.stale_reason(old, key, config, input_keys, outputs)
+        try:
+            old = self.manifest(stage)
+        except rundir.ManifestDamaged as exc:
+            old, reason = None, f"manifest damaged: {exc}"
+        else:
+            reason = self.stale_reason(old, key, config, input_keys, outputs)
         if reason is None:
             self.skipped.append(stage)
             self.log(f"[dim]skip {stage} (done {old['finished_at']})[/dim]")
             return old
-        if old is not None:
+        if self.dry:
+            self.stale[stage] = reason
+            return old or {}
+        if reason != "not run yet":
             self.log(f"[yellow]redo {stage}: {reason}[/yellow]")
         self.log(f"[bold]{stage}[/bold] ...")
         self.tracker.begin(stage)
         start = time.time()
-        counts = fn() or {}
+        try:
+            counts = fn() or {}
+        except Exception as exc:
+            exc.add_note(f"in stage {stage}")  # the command line's last-resort message names the stage
+            raise
         manifest = {
             "stage": stage,
             "key": key,
             "inputs": input_keys,
             "config": config,
             "outputs": [str(p.relative_to(self.root)) for p in outputs],
+            "files": rundir.output_records(self.root, outputs),
             "counts": counts,
             "seconds": round(time.time() - start, 2),
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -133,13 +157,15 @@ class Run:
         self.executed.append(stage)
         return manifest
 
-    @staticmethod
-    def stale_reason(old, key, config, input_keys, outputs) -> str | None:
+    def stale_reason(self, old, key, config, input_keys, outputs) -> str | None:
         if old is None:
             return "not run yet"
         missing = [str(p) for p in outputs if not p.exists()]
         if missing:
             return f"output missing: {missing[0]}"
+        damaged = rundir.damage(self.root, old.get("files"), full=self.full)
+        if damaged:
+            return f"output damaged: {damaged}"
         if old["key"] == key:
             return None
         changed = [name for name, k in input_keys.items() if old["inputs"].get(name) != k]
@@ -212,12 +238,15 @@ def stage_questions(run: Run) -> None:
     def build():
         counts = {}
         for split, path in zip(splits, outputs):
-            questions = load_questions(cfg, split)
+            questions = load_questions(cfg, split, run.config.grading_kind())
             io.write_jsonl(path, [q.to_dict() for q in questions])
             counts[split] = len(questions)
         return counts
 
-    run.stage("questions", cfg.model_dump(mode="json"), [], outputs, build)
+    config = cfg.model_dump(mode="json", exclude={"max_prompt_tokens"})  # applies to prompts (sample, evaluate)
+    if run.config.grading.kind != "auto":  # the golds are checked against the grader (only then not the task's)
+        config["grading_kind"] = run.config.grading_kind()
+    run.stage("questions", config, [], outputs, build)
 
 
 def model_path(run: Run) -> str:
@@ -257,6 +286,40 @@ def prompts_for(run: Run, tokenizer, questions: list[Question]) -> list[str]:
 
     shots = few_shot_examples(run)
     return [render_prompt(tokenizer, q, run.config.prompt.system, shots) for q in questions]
+
+
+def fitting_prompts(run: Run, model, tokenizer, questions: list[Question], prompts: list[str],
+                    split: str) -> tuple[list[Question], list[str], int]:
+    """The questions whose prompt fits (task.max_prompt_tokens, else the model's context), their prompts and how
+    many were skipped. A prompt too long is a one-line error naming its row unless task.skip_bad_rows: checked
+    before sampling, since the sampler would otherwise try to allocate its cache (a 1 MB question: ~1 TB)."""
+    limit, what = prompt_limit(run, model)
+    if limit is None:
+        return questions, prompts, 0
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    too_long = [i for i, n in enumerate(lengths) if n > limit]
+    if too_long and not run.config.task.skip_bad_rows:
+        i = too_long[0]
+        raise UserError(f"{questions_path(run, split)}:{i + 1}: question {questions[i].question_id} has a prompt of "
+                        f"{lengths[i]} tokens, more than {what} ({limit}); shorten or remove it, or set "
+                        "task.skip_bad_rows=true to skip such questions")
+    if too_long:
+        run.log(f"  {split}: skipped {len(too_long)} question(s) with a prompt over {limit} tokens ({what})")
+    keep = [i for i, n in enumerate(lengths) if n <= limit]
+    return [questions[i] for i in keep], [prompts[i] for i in keep], len(too_long)
+
+
+def prompt_limit(run: Run, model) -> tuple[int | None, str]:
+    if run.config.task.max_prompt_tokens is not None:
+        return run.config.task.max_prompt_tokens, "task.max_prompt_tokens"
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return (context, "the model's context length") if isinstance(context, int) else (None, "")
+
+
+def prompt_limit_key(run: Run) -> dict[str, int]:
+    """The prompt limit as part of a stage key, only when set (keys of runs without it stay as they were)."""
+    limit = run.config.task.max_prompt_tokens
+    return {} if limit is None else {"max_prompt_tokens": limit}
 
 
 def few_shot_examples(run: Run) -> list[Question]:
@@ -334,13 +397,15 @@ def stage_sample(run: Run, cell: Cell) -> None:
     shard_dir = out.parent / "shards"
     source, deps = policy(run, cell)
     key_config = {"sampling": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
-                  "model": run.config.model.model_dump(mode="json"), "seed": cell.seed, "iteration": cell.iteration}
+                  "model": run.config.model.model_dump(mode="json"), "seed": cell.seed, "iteration": cell.iteration,
+                  **prompt_limit_key(run)}
     deps = ["questions", *deps]
 
     def build():
         questions = read_questions(questions_path(run, "train"))
         model, tokenizer = load_model_and_tokenizer(run, source)
-        prompts = prompts_for(run, tokenizer, questions)
+        questions, prompts, skipped = fitting_prompts(run, model, tokenizer, questions,
+                                                      prompts_for(run, tokenizer, questions), "train")
         shard_dir.mkdir(parents=True, exist_ok=True)
         # Shards carry the fingerprint of everything that determines them, so a changed setting never
         # reuses a stale shard, and a resumed run keeps exactly the shards it finished.
@@ -351,8 +416,9 @@ def stage_sample(run: Run, cell: Cell) -> None:
         rows = []
         for index, start in enumerate(range(0, len(questions), cfg.shard_size)):
             shard_path = shard_dir / f"shard-{index:05d}-{fingerprint}.parquet"
-            if shard_path.exists():
-                rows.extend(io.read_parquet(shard_path))
+            finished = finished_shard(run, shard_path)
+            if finished is not None:
+                rows.extend(finished)
                 continue
             batch = questions[start : start + cfg.shard_size]
             generations = generate(run, model, tokenizer, prompts[start : start + cfg.shard_size], cfg.n,
@@ -363,9 +429,23 @@ def stage_sample(run: Run, cell: Cell) -> None:
             run.log(f"  shard {index}: {len(rows)}/{len(questions)} questions sampled")
         io.write_parquet(out, rows)
         tokens = sum(sum(r["num_tokens"]) for r in rows)
-        return {"questions": len(rows), "samples": sum(len(r["responses"]) for r in rows), "tokens": tokens}
+        counts = {"questions": len(rows), "samples": sum(len(r["responses"]) for r in rows), "tokens": tokens}
+        return {**counts, "skipped_long_prompts": skipped} if skipped else counts
 
     run.stage(f"{cell.samples_name()}/sample", key_config, deps, [out], build)
+
+
+def finished_shard(run: Run, path: Path) -> list[dict] | None:
+    """The rows of a shard written by an earlier run; None if there is none or it is damaged (then it is
+    removed and sampled again). Reading it whole is the check: a Parquet file's footer is its last bytes."""
+    if not path.exists():
+        return None
+    try:
+        return io.read_parquet(path)
+    except UserError:
+        run.log(f"[yellow]output damaged: {path}; sampling that shard again[/yellow]")
+        path.unlink()
+        return None
 
 
 def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, seed: int, temperature: float | None = None,
@@ -537,8 +617,9 @@ def stage_weight(run: Run, cell: Cell) -> None:
     args = weighting_args(run, cell.arm)
 
     def build():
+        graded = read_graded(graded_path)  # outside the try: a damaged file is not the arm's fault
         try:
-            stats = question_stats(read_graded(graded_path), **args)
+            stats = question_stats(graded, **args)
         except ValueError as exc:
             raise UserError(f"arm {cell.arm.label()}: {exc}") from None
         levels = difficulty_levels(run, cell, stats)
@@ -654,7 +735,8 @@ def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], dir
         def build(split=split, rows_path=rows_path, summary_path=summary_path):
             questions = read_questions(questions_path(run, split))
             model, tokenizer = load_model_and_tokenizer(run, path_of_model)
-            prompts = prompts_for(run, tokenizer, questions)
+            questions, prompts, skipped = fitting_prompts(run, model, tokenizer, questions,
+                                                          prompts_for(run, tokenizer, questions), split)
             rows, summary = evaluate(
                 questions, prompts,
                 lambda ps, n, temperature, seed: generate(run, model, tokenizer, ps, n, temperature=temperature,
@@ -663,12 +745,14 @@ def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], dir
                 kind=run.config.grading_kind(), k=cfg.k, k_temperature=cfg.temperature,
                 timeout=run.config.grading.timeout,
             )
+            if skipped:
+                summary["skipped_long_prompts"] = skipped
             io.write_jsonl(rows_path, rows)
             io.write_json(summary_path, summary)
             return summary
 
         config = {"evaluation": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
-                  "split": split, "kind": run.config.grading_kind()}
+                  "split": split, "kind": run.config.grading_kind(), **prompt_limit_key(run)}
         run.stage(f"{name}/evaluate-{split}", config, deps + ["questions"], [rows_path, summary_path], build)
 
 
@@ -697,20 +781,25 @@ STAGES = ("bootstrap", "sample", "grade", "weight", "train", "evaluate", "report
 
 
 IDENTITY_SECTIONS = ("task", "model")  # what a run directory is *about*; other sections may change and re-run stages
+# How bad rows are handled is not what the directory is about: the errors that name these keys must be fixable in place.
+ROW_HANDLING = {"skip_bad_rows", "max_prompt_tokens"}
 
 
 def check_compatible(saved: Path, config: RunConfig) -> None:
-    """Refuse a run directory made for another task or model (or by an incompatible version of east)."""
+    """Refuse a run directory made for another task or model."""
     import yaml
     from pydantic import ValidationError
 
     try:
         old = RunConfig.model_validate(yaml.safe_load(saved.read_text()))
     except (ValidationError, yaml.YAMLError) as exc:
-        raise UserError(f"{saved} was written by an incompatible config ({str(exc).splitlines()[0]}); "
-                        "use another --out or delete that run directory") from None
+        # Damaged, or from another version of east. The manifests still say what each stage ran with, and
+        # the stage keys redo whatever differs, so nothing is mixed up by carrying on.
+        console.print(f"[yellow]{saved} could not be read as a config ({str(exc).splitlines()[0]}); rewritten "
+                      "from the given config, stages are checked against their manifests[/yellow]")
+        return
     for section in IDENTITY_SECTIONS:
-        before, after = getattr(old, section).model_dump(mode="json"), getattr(config, section).model_dump(mode="json")
+        before, after = (getattr(c, section).model_dump(mode="json", exclude=ROW_HANDLING) for c in (old, config))
         if before != after:
             raise UserError(f"{saved.parent} was created for a different {section} ({changed_keys(before, after)}); "
                             "use another --out")
@@ -720,34 +809,65 @@ def prepare_run_dir(config: RunConfig, root: Path) -> Run:
     root.mkdir(parents=True, exist_ok=True)
     saved = root / "config.yaml"
     text = dump_config(config)
-    if saved.exists() and saved.read_text() != text:
-        check_compatible(saved, config)
-        console.print(f"[yellow]{saved}: config differs from the saved one; stages it affects will be redone[/yellow]")
+    old = saved_text(saved)
+    if old is not None and old != text:
+        if rundir.config_problem(old) is None:
+            check_compatible(saved, config)
+            console.print(f"[yellow]{saved}: config differs from the saved one; stages it affects will be redone[/yellow]")
+        else:
+            # The manifests still say what every stage was run with, so nothing is lost with it.
+            console.print(f"[yellow]{saved} was damaged ({rundir.config_problem(old)}); rewritten from the given "
+                          "config, stages are checked against their manifests[/yellow]")
     io.write_text(saved, text)
     return Run(config=config, root=root)
+
+
+def saved_text(path: Path) -> str | None:
+    """The saved config.yaml's text; None if absent; undecodable bytes come back as replacement characters."""
+    return path.read_bytes().decode("utf-8", errors="replace") if path.exists() else None
+
+
+def check_out_dir(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--out {root} is a file, not a directory; give --out a new or existing run directory")
 
 
 def run_pipeline(config: RunConfig, root: Path, until: str = "report") -> Run:
     """Run every stage up to `until` for every seed, arm and iteration, skipping what is already done."""
     if until not in STAGES:
         raise UserError(f"unknown stage {until!r}; one of {', '.join(STAGES)}")
-    stop = STAGES.index(until)
+    check_out_dir(root)
     with RunLock(root), Tracker.open(config, root) as tracker:
+        removed = rundir.remove_dead_temporaries(root)
+        if removed:
+            console.print(f"removed {len(removed)} temporary file(s) left by a process that was killed", highlight=False)
         run = prepare_run_dir(config, root)
         run.tracker = tracker
-        stage_bootstrap(run)
-        if stop == 0:
-            return run
-        stage_questions(run)
-        if stop >= STAGES.index("evaluate"):
-            stage_evaluate(run, "default", model_path(run), base_dependencies(run), root / "default")
-        for seed in config.seeds:
-            run_seed(run, seed, stop)
-        if stop >= STAGES.index("report"):
+        run_stages(run, STAGES.index(until))
+        if until == "report":
             from east.report import write_report
 
             tracker.results(write_report(root))
         return run
+
+
+def plan_run(config: RunConfig, root: Path, *, full: bool = False) -> Run:
+    """What `east run` would do with this config, without doing it: `Run.stale` maps every stage that would
+    be (re)done to the reason, `Run.skipped` lists the finished ones; full=True reads every output whole."""
+    run = Run(config=config, root=root, log=lambda msg: None, dry=True, full=full)
+    run_stages(run, STAGES.index("evaluate"))
+    return run
+
+
+def run_stages(run: Run, stop: int) -> None:
+    stage_bootstrap(run)
+    if stop == 0:
+        return
+    stage_questions(run)
+    if stop >= STAGES.index("evaluate"):
+        stage_evaluate(run, "default", model_path(run), base_dependencies(run), run.root / "default")
+    for seed in run.config.seeds:
+        run_seed(run, seed, stop)
 
 
 def run_seed(run: Run, seed: int, stop: int) -> None:

@@ -14,9 +14,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-import yaml
-
-from east import io
+from east import io, rundir
 from east.config import ArmConfig, RunConfig, expand_arms
 from east.paired import paired_difference, t80, t975
 
@@ -57,7 +55,7 @@ def display_name(arm: ArmConfig) -> str:
 
 
 def load_config(root: Path) -> RunConfig:
-    return RunConfig.model_validate(yaml.safe_load((root / "config.yaml").read_text()))
+    return rundir.saved_config(root)  # a damaged config.yaml is a one-line error saying how to restore it
 
 
 def read_accuracy(path: Path) -> float | None:
@@ -300,6 +298,8 @@ def fmt_q(q: dict[str, float]) -> str:
 def write_report(root: Path) -> dict[str, Any]:
     root = Path(root)
     results = collect(root)
+    # Which config.yaml these results belong to: east status warns when a later run changed it.
+    results["config_digest"] = rundir.config_digest((root / "config.yaml").read_text())
     io.write_json(root / "results.json", results)
     io.write_text(root / "results.md", markdown(results))
     figure3(root, results)

@@ -151,7 +151,8 @@ def bootstrap(
     model = build_model(hidden, layers, heads, tokenizer=tokenizer, seed=seed)
     dataset = Dataset.from_list(warmup_rows(tokenizer, spec, n_rows, seed, few_shot_share, few_shot_max))
 
-    staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # The pid in the name lets the next run remove it if this process is killed (east.rundir).
+    staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}.", dir=out_dir.parent))
     staged.chmod(0o755)  # mkdtemp makes it owner-only; the result is meant to be shared (package data)
     try:
         with tempfile.TemporaryDirectory(prefix="east-bootstrap-") as scratch:

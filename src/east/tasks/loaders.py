@@ -5,8 +5,9 @@
 
 gsm8k / math / jsonl read a local JSONL or Parquet file, or a `datasets` hub id (which needs the
 network, so not here). Every path gives the same `Question` shape. A row with a missing field, an
-empty file or a gold answer that cannot be extracted is an error naming the file and line, unless
-`task.skip_bad_rows` is set, in which case such rows are skipped and counted.
+empty file, a gold answer that cannot be extracted, or (given the grading kind) a gold the grader can
+never match is an error naming the file and line, unless `task.skip_bad_rows` is set, in which case
+such rows are skipped and counted.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from east.records import Question
 WARMUP_SIZE = 2000  # labelled arith examples available for few-shot prompts
 
 
-def load_questions(task, split: str) -> list[Question]:
-    """`task` is a `TaskConfig`; `split` is train, test, ood (arith only) or warmup (arith only)."""
+def load_questions(task, split: str, grading_kind: str | None = None) -> list[Question]:
+    """`task` is a `TaskConfig`; `split` is train, test, ood (arith only) or warmup (arith only).
+    `grading_kind`: also refuse golds that grader can never match (a non-number under arith / gsm8k)."""
     if task.name == "arith":
         return arith_questions(task, split)
     path = {"train": task.train_path, "test": task.test_path}.get(split)
     if path is None:
         raise UserError(f"task.{split}_path is not set; give the {task.name} {split} split as a JSONL/Parquet file or hub id")
-    parse = {"gsm8k": gsm8k_question, "math": math_question, "jsonl": jsonl_parser(task)}[task.name]
+    parse = checked_gold({"gsm8k": gsm8k_question, "math": math_question, "jsonl": jsonl_parser(task)}[task.name],
+                         grading_kind)
     questions, skipped = parse_rows(path, parse, prefix=f"{task.name}-{split}", hub_config=task.hub_config,
                                     skip_bad=task.skip_bad_rows, split=split)
     limit = task.train_size if split == "train" else task.test_size
@@ -65,10 +68,7 @@ def rows_of(path: str, hub_config: str | None, split: str) -> Iterator[tuple[int
     if file.suffix in (".jsonl", ".json") and file.exists():
         yield from io.jsonl_rows(file)
     elif file.suffix == ".parquet" and file.exists():
-        import pyarrow.parquet as pq
-
-        for number, row in enumerate(pq.read_table(file).to_pylist(), 1):
-            yield number, row
+        yield from enumerate(io.read_parquet(file), 1)  # a damaged file is a one-line error naming it
     elif file.suffix in (".jsonl", ".json", ".parquet"):
         raise UserError(f"{path}: no such file")
     else:
@@ -89,6 +89,25 @@ def hub_rows(hub_id: str, hub_config: str | None, split: str) -> Iterator[tuple[
 
 class BadRow(ValueError):
     """A row that cannot become a Question; the message says which field and why."""
+
+
+def checked_gold(parse: Callable[[dict[str, Any]], tuple[str, str, dict, str | None]], grading_kind: str | None):
+    """`parse`, also refusing a gold that is not a number under the number-based graders (arith, gsm8k)."""
+    if grading_kind not in ("arith", "gsm8k"):
+        return parse
+
+    def parse_checked(row: dict[str, Any]) -> tuple[str, str, dict, str | None]:
+        from east.grading.numeric import parse_number
+
+        parsed = parse(row)
+        if parse_number(parsed[1]) is None:
+            # Such a gold only matches a word-for-word identical answer; the flexible (last-number) accuracy
+            # never counts it, so the question is almost certainly a broken row.
+            raise BadRow(f"gold answer {parsed[1]!r} is not a number, but the {grading_kind} grader compares numbers "
+                         "(set grading.kind=math to compare expressions)")
+        return parsed
+
+    return parse_checked
 
 
 def parse_rows(path: str, parse: Callable[[dict[str, Any]], tuple[str, str, dict, str | None]], *, prefix: str,

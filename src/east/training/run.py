@@ -14,8 +14,8 @@ Called by the pipeline (one call per self-training iteration) as
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -29,6 +29,8 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, KTOConfig, SFTConfig
 
+from east import io
+from east.errors import UserError
 from east.tasks.prompts import auto_prefix, training_prompt
 from east.tracking import training_run
 from east.training.dpo import WeightedDPOTrainer
@@ -188,20 +190,46 @@ def lora_config(lora: dict[str, Any] | None):
 
 
 def last_checkpoint(checkpoints: Path) -> str | None:
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    """The newest complete Trainer checkpoint. Trainer writes trainer_state.json last, so a checkpoint without
+    it was cut short (a kill or a full disk during the save); it is removed rather than resumed from."""
+    if not checkpoints.is_dir():
+        return None
+    for partial in checkpoints.glob("checkpoint-*"):
+        if partial.is_dir() and not (partial / "trainer_state.json").is_file():
+            shutil.rmtree(partial, ignore_errors=True)  # every process of a multi-process run tries
+    return get_last_checkpoint(str(checkpoints))
 
 
 def save_model(trainer, tokenizer, final: Path, merge: bool) -> Path:
-    """save_pretrained into a temp dir beside `final`, then swap it in, so `final` is never half written."""
+    """save_pretrained into a temp dir beside `final`, then swap it in, so `final` is never half written.
+
+    A failed save removes its temp dir (with a real model, gigabytes on a disk that may be full); a
+    safetensors error carrying an OS error (disk full, permission) is raised as that OSError."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        io.follow_umask(tmp)  # safetensors writes its files 0600; every other artifact follows the umask
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if type(exc).__name__ == "SafetensorError":
+            raise save_error(exc, tmp / "model.safetensors") from None
+        raise
     replace_dir(tmp, final)
     return final
+
+
+def save_error(exc: BaseException, path: Path) -> Exception:
+    """The OSError inside a SafetensorError's message ("... No space left on device (os error 28)")."""
+    found = re.search(r"os error (\d+)", str(exc))
+    if found:
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    return UserError(f"{path}: the model could not be saved ({io.first_line(exc)}); rerun to resume from the last checkpoint")
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -225,6 +253,4 @@ def write_metrics(path: Path, trainer, **extra) -> None:
         **extra,
         "log_history": history,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(metrics, indent=2, default=str))
-    tmp.replace(path)
+    io.write_json(path, metrics)
