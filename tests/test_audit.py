@@ -26,7 +26,7 @@ QUESTIONS = {
 
 
 def fake_run(root, seeds=(0,)):
-    config = load_config(None, ["name=fake", f"seeds={list(seeds)}", "grading.kind=gsm8k", "grading.workers=1"])
+    config = load_config(None, ["name=fake", f"seeds={list(seeds)}", "grading.kind=gsm8k"])
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(dump_config(config))
     sets = [SampleSet(qid, f"prompt {qid}", responses, [5] * len(responses), [True] * len(responses))
