@@ -127,6 +127,11 @@ def test_marker_lookalikes_are_no_answer(text):
     assert extract_answer(text) is None
 
 
+def test_hashes_take_a_bold_number_but_not_a_heading():
+    assert extract_answer("so 18.\n#### **18**") == "18"
+    assert extract_answer("#### **Step 2**\nso 18.") is None
+
+
 def test_precedence_box_then_answer_is_then_hashes_then_final_line():
     assert extract_answer("The answer is 3.\nAnswer: 4") == "3"
     assert extract_answer("#### 3\nAnswer: 4") == "3"

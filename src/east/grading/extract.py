@@ -35,7 +35,7 @@ _BOXED_MACROS = ("\\boxed", "\\fbox")
 # "The answer is X", "the final answer is: X", case-insensitive; X runs to the end of its line.
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
 # GSM8K's "#### 42"; "#### Step 2" is a markdown heading, not an answer.
-_HASHES = re.compile(r"####(?=[ \t]*[-+\u2212$\\\d.])")
+_HASHES = re.compile(r"####(?=[ \t]*(?:\*\*)?[ \t]*[-+\u2212$\\\d.])")
 # A line that starts with an answer marker: "Answer:", "**Final Answer:**", "### Final answer:", "A:".
 _MARKER = re.compile(
     r"^(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?P<word>final[ \t]+answer|answer|a)[ \t]*(?:\*\*|__)?[ \t]*"
