@@ -114,23 +114,22 @@ def box_at(text: str, start: int) -> tuple[str | None, int]:
 def final_boxes(text: str) -> str | None:
     """The boxed answer: the last box, or the last run of boxes with only separators between them
     joined as "3, 5" (equal ones once); None if the last box is empty or cut."""
-    start = max(text.rfind(macro) for macro in _BOXED_MACROS)
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
         return None
     content, _ = box_at(text, start)
     if content is None:
         return None
     contents = [content]
-    while True:
-        before = max(text.rfind(macro, 0, start) for macro in _BOXED_MACROS)
-        if before < 0:
-            break
+    while (before := max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))) >= 0:
         previous, end = box_at(text, before)
-        # A box inside the previous one (`\boxed{\boxed{5}}`), or words between them: the run ends.
+        # A box inside the previous one (`\\boxed{\\boxed{5}}`), or words between them: the run ends.
         if previous is None or end > start or not _BOX_SEPARATOR.fullmatch(text, end, start):
             break
         contents.append(previous)
         start = before
+    if len(contents) == 1:  # the usual case: one final box
+        return trim_answer(content) or None
     distinct = [trim_answer(c) for c in dict.fromkeys(reversed(contents))]
     return ", ".join(c for c in distinct if c) or None
 
