@@ -111,6 +111,11 @@ def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "config.yaml").write_text(dump_config(load))
     result = CliRunner().invoke(app, ["audit", str(tmp_path)])
     assert result.exit_code == 2 and "no graded samples (seed-*/graded.parquet)" in result.output
+    (tmp_path / "seed-0").mkdir()
+    (tmp_path / "seed-0" / "graded.parquet").write_text("not parquet")
+    result = CliRunner().invoke(app, ["audit", str(tmp_path)])
+    assert result.exit_code == 2 and "seed-0/graded.parquet: not a graded table" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_reference_answers_that_are_right_join_the_gold_cluster():

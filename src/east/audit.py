@@ -82,8 +82,9 @@ def seed_number(name: str) -> int:
 def read_graded_sets(path: Path) -> list[GradedSet]:
     try:
         return [GradedSet.from_dict(row) for row in io.read_parquet(path)]
-    except (OSError, TypeError, KeyError) as exc:
-        raise UserError(f"{path}: not a graded table written by `east grade` ({exc}); rerun `east grade`") from None
+    except (OSError, TypeError, KeyError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a graded table written by `east grade` ({reason}); rerun `east grade`") from None
 
 
 def samples_of(seed: str, graded: Sequence[GradedSet]) -> list[Sample]:
