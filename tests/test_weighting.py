@@ -324,6 +324,8 @@ def test_official_filter_drops_what_the_official_preprocessing_drops():
     assert kept[0].weight != plain[0].weight
     assert summarise(official)["dropped"]["no_boxed_incorrect"] == 2
     assert "2 no boxed incorrect" in summary_line(official)
+    with pytest.raises(ValueError, match=r"1 all wrong, 0 all correct, 1 no boxed correct \(official_filter\)"):
+        question_stats([sets[1], graded("w", ["2"], [False])], official_filter=True)
 
 
 def test_official_filter_with_keep_all_correct_keeps_all_correct_boxed_questions():

@@ -236,8 +236,8 @@ def print_audit(report: dict) -> None:
                 if "error" in c:
                     arms.add_row(seed.removeprefix("seed-"), arm, c["error"], "", "", "")
                 else:
-                    arms.add_row(seed.removeprefix("seed-"), arm, f"{c['kept_ours']} -> {c['kept_reference']}", str(c["kept_changed"]),
-                                 str(c["weight_changed"]), f"{c['max_weight_change']:.3f}")
+                    arms.add_row(seed.removeprefix("seed-"), arm, f"{c['kept_ours']} -> {c['kept_reference']}",
+                                 str(c["kept_changed"]), str(c["weight_changed"]), f"{c['max_weight_change']:.3f}")
         console.print(arms)
 
 

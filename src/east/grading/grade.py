@@ -10,8 +10,9 @@ How a verdict is reached (cheapest first):
    (a gold that is a whole GSM8K answer text, rationale and "#### 42", is first reduced to "42");
 2. a numeral with a base subscript on either side (`52_8`) -> same digits, and the same base where
    both give one (`52_{10}` is wrong for `52_8`, `52` is right); never math-verify, which ignores
-   subscripts. A name assigned the answer counts as the answer (`x = 18` is 18), for every kind;
-3. both answer and gold are plain numbers (`numeric.parse_number`) -> exact Fraction comparison.
+   subscripts;
+3. both answer and gold are plain numbers (`numeric.parse_number`, which also reads a name assigned
+   a number, `x = 18`, as that number, for every kind) -> exact Fraction comparison.
    For kind "arith" / "gsm8k" this is the only comparison (a non-numeric gold falls back to
    normalised-string equality). For kind "math" an unequal pair where either side is a decimal is
    passed on, since math-verify accepts roundings (0.333333 for 1/3). A percent sign is notation,

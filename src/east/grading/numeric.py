@@ -51,8 +51,9 @@ _SCALE = re.compile(
 )
 SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12, "dozen": 12}
 # Any scale word, or a fraction word ("5 hundredths" is 0.05, not 5 with a unit).
-_ANY_SCALE_WORD = re.compile(r"\b(?:hundred|thousand|million|billion|trillion|dozen|tenth|hundredth|thousandth|millionth)s?\b",
-                             re.IGNORECASE)
+_ANY_SCALE_WORD = re.compile(
+    r"\b(?:hundred|thousand|million|billion|trillion|dozen|tenth|hundredth|thousandth|millionth)s?\b", re.IGNORECASE
+)
 _EMPTY_WRAPPER = re.compile(r"\\(?:text|textrm|mathrm|mbox)\s*\{\s*\}")
 # "x = 18", "total = 18": a name assigned the answer (only one `=`).
 _ASSIGNMENT = re.compile(r"^\s*[A-Za-z][A-Za-z_]*\s*=\s*(?=[^=]+$)")

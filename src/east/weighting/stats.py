@@ -130,8 +130,9 @@ def check_unique_ids(graded: Sequence[GradedSet]) -> None:
 
 def no_kept_message(rows: Sequence[QuestionStats], keep_all_correct: bool) -> str:
     reasons = Counter(r.drop_reason for r in rows)
+    official = "".join(f", {reasons[r]} {r.replace('_', ' ')} (official_filter)" for r in DROP_REASONS[2:] if reasons[r])
     msg = (f"no question left to train on: {len(rows)} questions, {reasons['all_wrong']} all wrong, "
-           f"{reasons['all_correct']} all correct. ")
+           f"{reasons['all_correct']} all correct{official}. ")
     if reasons["all_correct"] and not keep_all_correct:
         msg += "Sample more responses per question or at a higher temperature, or keep_all_correct=True."
     else:
