@@ -71,7 +71,7 @@ def test_kept_flags_and_weights_recomputed_with_the_arms_settings(audited):
     assert arms["sft"]["kept_changed"] == 1 and arms["sft"]["weight_changed"] == 0  # vanilla: weight 1 either way
     east = arms["sft+east"]
     assert (east["kept_ours"], east["kept_reference"], east["kept_changed"]) == (2, 3, 1)
-    assert east["weight_changed"] == 2 and "q2" in east["examples"]
+    assert east["weight_changed"] == east["weight_changed_over_1pct"] == 2 and "q2" in east["examples"]
     # ours: q1 entropy ln 4, q3 ln 2 -> weights 4/3, 2/3; reference: q1 1.5 ln 2, q2 H(1/3, 2/3), q3 ln 2
     h = [1.5 * math.log(2), -(math.log(1 / 3) / 3 + 2 * math.log(2 / 3) / 3), math.log(2)]
     reference_q1 = h[0] * 3 / sum(h)

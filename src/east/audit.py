@@ -15,10 +15,11 @@ Each sample falls in one class per grader: "correct", "incorrect" (an answer, bu
 examples of every disagreeing cell, and, per seed and arm, how many training questions would change
 their kept flag or their weight if the reference's verdicts and answers replaced ours (recomputed by
 `east.weighting.question_stats` with the arm's own settings, its answers as cluster keys, its correct
-answers as one cluster as in our grader).
+answers as one cluster as in our grader). Any change of the kept set moves every weight a little
+through the normaliser, so weights that move by more than 1% are counted apart.
 
-Neither reference is ground truth: math-verify takes the first answer-looking expression it can
-parse and ignores base subscripts; the last number is often just the last number of the reasoning.
+Neither reference is ground truth: math-verify reads the first of several boxes and ignores base
+subscripts; the last number is often just the last number of the reasoning.
 Read the examples: the cells where the references agree with each other against us are the ones to
 look at first. DAST arms train on augmented graded sets and are not recomputed.
 """
@@ -41,6 +42,9 @@ from east.records import NO_ANSWER, GradedSet
 CLASSES = ("correct", "incorrect", "no answer")
 REFERENCES = ("math-verify", "last number")
 WEIGHT_TOLERANCE = 1e-6  # a weight "changes" when it moves by more than this
+# Any change of the kept set moves every weight a little through the normaliser (mean 1 over kept
+# questions); a move of more than 1% is counted apart, as a change of the question's own standing.
+WEIGHT_SHIFT = 0.01
 RESPONSE_TAIL = 240  # characters of a response shown in an example
 
 
@@ -166,10 +170,12 @@ def weight_changes(graded: Sequence[GradedSet], reference: Sequence[GradedSet], 
     kept_changed = [a.question_id for a, b in zip(ours, theirs) if a.kept != b.kept]
     both = [(a, b) for a, b in zip(ours, theirs) if a.kept and b.kept]
     moved = [a.question_id for a, b in both if abs(a.weight - b.weight) > WEIGHT_TOLERANCE]
-    return {"questions": len(ours), "kept_ours": sum(s.kept for s in ours), "kept_reference": sum(s.kept for s in theirs),
-            "kept_changed": len(kept_changed), "weight_changed": len(moved),
+    shifted = [a.question_id for a, b in both if abs(a.weight - b.weight) > WEIGHT_SHIFT * max(a.weight, b.weight)]
+    return {"questions": len(ours), "kept_ours": sum(s.kept for s in ours),
+            "kept_reference": sum(s.kept for s in theirs), "kept_changed": len(kept_changed),
+            "weight_changed": len(moved), "weight_changed_over_1pct": len(shifted),
             "max_weight_change": max((abs(a.weight - b.weight) for a, b in both), default=0.0),
-            "examples": (kept_changed + moved)[:5]}
+            "examples": (kept_changed + shifted)[:5]}
 
 
 def arm_settings(config: RunConfig) -> dict[str, dict[str, Any]]:

@@ -229,15 +229,16 @@ def print_audit(report: dict) -> None:
                 console.print(f"  {row['seed']} {row['question_id']}: gold {row['gold']!r}, ours {row['ours']!r}, "
                               f"{name} {row['reference']!r}; ends {row['response_end'][-100:]!r}", highlight=False)
         arms = Table(title=f"if {name} graded instead: kept questions (ours -> {name}), kept flags and weights changed")
-        for column in ("seed", "arm", "kept", "kept Δ", "weight Δ", "max |Δw|"):
+        for column in ("seed", "arm", "kept", "kept Δ", "weight Δ", "Δ > 1%", "max |Δw|"):
             arms.add_column(column, justify="left" if column in ("seed", "arm") else "right")
         for seed, by_arm in found["arms"].items():
             for arm, c in by_arm.items():
                 if "error" in c:
-                    arms.add_row(seed.removeprefix("seed-"), arm, c["error"], "", "", "")
+                    arms.add_row(seed.removeprefix("seed-"), arm, c["error"], "", "", "", "")
                 else:
                     arms.add_row(seed.removeprefix("seed-"), arm, f"{c['kept_ours']} -> {c['kept_reference']}",
-                                 str(c["kept_changed"]), str(c["weight_changed"]), f"{c['max_weight_change']:.3f}")
+                                 str(c["kept_changed"]), str(c["weight_changed"]), str(c["weight_changed_over_1pct"]),
+                                 f"{c['max_weight_change']:.3f}")
         console.print(arms)
 
 
