@@ -40,7 +40,6 @@ from east.grading.grade import cluster_key, fast_verdict
 from east.records import NO_ANSWER, GradedSet
 
 CLASSES = ("correct", "incorrect", "no answer")
-REFERENCES = ("math-verify", "last number")
 WEIGHT_TOLERANCE = 1e-6  # a weight "changes" when it moves by more than this
 # Any change of the kept set moves every weight a little through the normaliser (mean 1 over kept
 # questions); a move of more than 1% is counted apart, as a change of the question's own standing.
