@@ -115,3 +115,62 @@ def test_gsm8k_reports_flexible_verdicts():
     assert [g.correct for g in grades] == [False, True]
     assert [g.flexible_correct for g in grades] == [True, True]
     assert stats["flexible_correct"] == 2 and stats["correct"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "response", "gold", "correct"),
+    [
+        # scale words: a multiplier, never a unit
+        ("gsm8k", "The answer is 18 million.", "18", False),
+        ("gsm8k", "The answer is 18 million.", "18000000", True),
+        ("gsm8k", "The answer is 2.5 million.", "2500000", True),
+        ("gsm8k", "The answer is 2.5 million.", "2.5", False),
+        ("math", "$\\boxed{18\\text{ million}}$", "18", False),
+        # a Unicode minus is a minus
+        ("gsm8k", "The answer is \u22127.", "-7", True),
+        ("gsm8k", "The answer is \u22127.", "7", False),
+        ("math", "$\\boxed{\u2212\\frac{1}{2}}$", "-\\frac12", True),
+        # a name assigned the answer
+        ("gsm8k", "The answer is x = 18", "18", True),
+        ("gsm8k", "The answer is x = 17", "18", False),
+        ("arith", "\\boxed{n = 14}", "14", True),
+        # several boxes side by side are one multi-value answer
+        ("math", "The roots are \\boxed{3} and \\boxed{5}.", "3, 5", True),
+        ("math", "The roots are \\boxed{3} and \\boxed{5}.", "5", False),
+        ("math", "The roots are \\boxed{3} and \\boxed{4}.", "3, 5", False),
+        # base subscripts: digits and base must agree (math-verify ignores the subscript)
+        ("math", "\\boxed{52_{10}}", "52_8", False),
+        ("math", "\\boxed{42}", "52_8", False),
+        ("math", "\\boxed{52_{8}}", "52_8", True),
+        ("math", "\\boxed{52}", "52_8", True),
+        ("math", "\\boxed{1011_2}", "1011_{2}", True),
+        ("math", "\\boxed{1011_2}", "11", False),
+        # the percent sign is notation: 50% is 50, whatever the gold
+        ("math", "\\boxed{50\\%}", "50", True),
+        ("math", "\\boxed{50\\%}", "\\frac12", False),
+        ("math", "\\boxed{15\\%}", "0.15", False),
+        ("math", "\\boxed{15}", "15\\%", True),
+        ("gsm8k", "The answer is 90%.", "0.9", False),
+    ],
+)
+def test_rules_for_real_output_shapes(kind, response, gold, correct):
+    assert grade([response], [gold], kind)[0].correct is correct
+
+
+def test_percent_never_reaches_math_verify(monkeypatch):
+    symbolic = counting(monkeypatch, "_symbolic_verdicts")
+    assert grade(["\\boxed{15\\%}"], ["0.15"], "math")[0].correct is False
+    assert symbolic[0][0] == [("15", "0.15")]
+
+
+def test_a_whole_gsm8k_answer_text_as_gold_is_reduced_to_its_answer():
+    gold = "Mia has 3 + 4 = 7 plums.\n#### 7"
+    grades = grade(["The answer is 7.", "The answer is 8."], [gold, gold], "gsm8k")
+    assert [g.correct for g in grades] == [True, False]
+    sets = [SampleSet("q1", "p1", ["#### 7"], [2], [True])]
+    graded, _ = grade_sample_sets(sets, {"q1": gold}, "gsm8k")
+    assert graded[0].gold == "7" and graded[0].correct == [True]
+    from east.errors import UserError
+
+    with pytest.raises(UserError, match="no answer after it"):
+        grade(["#### 7"], ["Mia has 7 plums.\n####  "], "gsm8k")

@@ -91,3 +91,79 @@ def test_gold_from_gsm8k_answer():
 def test_answer_is_keeps_the_result_of_plain_arithmetic_but_not_equations():
     assert extract_answer("The answer is 100 / 4 = 25.") == "25"
     assert extract_answer("The answer is $x^2 + y^2 = 1$.") == "x^2 + y^2 = 1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Each crate holds 6, so 3 crates hold 18.\nAnswer: 18", "18"),
+        ("3 crates of 6 make 18.\nFinal Answer: 18", "18"),
+        ("3 crates of 6 make 18.\nfinal answer: 18 crates", "18 crates"),
+        ("3 crates of 6 make 18.\n\n**Final Answer:** 18", "18"),
+        ("3 crates of 6 make 18.\n**Final Answer**: $18$", "18"),
+        ("3 crates of 6 make 18.\n### Final Answer: 18", "18"),
+        ("Q: How many?\nA: 26", "26"),
+        ("3 crates of 6 make 18.\n**Final Answer**\n18", "18"),
+        ("3 crates of 6 make 18.\nFinal Answer:\n$18$", "18"),
+        ("3 crates of 6 make 18.\nAnswer: x = 18", "x = 18"),
+    ],
+)
+def test_a_final_marker_line_is_an_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Answer: 18\nThen we also check the 20 crates.",  # the marker is not on the last line
+        "Q: How many?\nA: 26\nQ: And then?",
+        "All: 26",  # a word that starts with A is not "A:"
+        "3 crates.\nAnswer:",  # a marker with nothing after it
+        "3 crates.\nA\n26",  # a bare "A" line is a letter, not a marker
+        "#### Step 2: add the crates\nSo 18 crates.",  # a markdown heading is not GSM8K's "####"
+    ],
+)
+def test_marker_lookalikes_are_no_answer(text):
+    assert extract_answer(text) is None
+
+
+def test_hashes_take_a_bold_number_but_not_a_heading():
+    assert extract_answer("so 18.\n#### **18**") == "18"
+    assert extract_answer("#### **Step 2**\nso 18.") is None
+
+
+def test_precedence_box_then_answer_is_then_hashes_then_final_line():
+    assert extract_answer("The answer is 3.\nAnswer: 4") == "3"
+    assert extract_answer("#### 3\nAnswer: 4") == "3"
+    assert extract_answer("\\boxed{5}\nAnswer: 4") == "5"
+    assert extract_answer("We get 4.\nAnswer: 4") == "4"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The roots are \\boxed{3} and \\boxed{5}.", "3, 5"),
+        ("The roots are $\\boxed{3}$, $\\boxed{5}$.", "3, 5"),
+        ("$x = \\boxed{-2}$ or $x = \\boxed{4}$", "4"),  # words between the boxes: the last box
+        ("\\boxed{3} \\quad \\boxed{5} \\text{ and } \\boxed{7}", "3, 5, 7"),
+        ("So \\boxed{12} \\boxed{12}", "12"),  # a repeated box is one answer
+        ("First \\boxed{30} apples, then \\boxed{18}.", "18"),
+        ("\\boxed{3} and \\boxed{5", None),  # the last box is cut: no answer
+        ("\\boxed{3} and \\boxed{}", None),
+    ],
+)
+def test_boxes_side_by_side_are_one_multi_value_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("the change is \u22127 degrees", "\u22127"),
+        ("the town has 10 000 people", "10 000"),
+        ("the town has 10\u202f000 people", "10\u202f000"),
+        ("in 2023 100 people came", "100"),  # a four-digit number does not start a group
+    ],
+)
+def test_flexible_mode_reads_unicode_minus_and_spaced_thousands(text, expected):
+    assert extract_answer(text, mode="flexible") == expected

@@ -97,3 +97,41 @@ def test_arbitrary_text_never_raises(text):
         answer = extract_answer(text, mode=mode)  # type: ignore[arg-type]
         cluster_key(answer, "math")
         cluster_key(answer, "gsm8k")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("18 million", 18_000_000),
+        ("2.5 million", 2_500_000),
+        ("2.5 Million dollars", 2_500_000),
+        ("\\$3\\text{ billion}", 3_000_000_000),
+        ("1.2 thousand", 1200),
+        ("3 dozen eggs", 36),
+        ("\u22127", -7),
+        ("\u2212\\frac{1}{2}", Fraction(-1, 2)),
+        ("10 000", 10000),
+        ("10\u2009000", 10000),
+        ("1\u00a0234\u00a0567.5", Fraction(2469135, 2)),
+    ],
+)
+def test_scale_words_signs_and_spaced_thousands(text, expected):
+    assert parse_number(text) == expected
+
+
+@pytest.mark.parametrize("text", ["18 per million", "a million million", "5 hundredths", "2 4", "1,000 000", "10  000", "12 34"])
+def test_scale_and_grouping_lookalikes_are_not_plain_numbers(text):
+    assert parse_number(text) is None
+
+
+def test_base_numerals_and_assignments():
+    from east.grading.numeric import base_numeral, plain_digits, strip_percent, without_assignment
+
+    assert base_numeral("52_8") == base_numeral("$52_{8}$") == ("52", 8)
+    assert base_numeral("0011_{2}") == ("11", 2)
+    assert base_numeral("(a3)_{16}") == ("A3", 16)
+    assert [base_numeral(t) for t in ("x_1", "9_8", "52", "a_{12}", "5_1")] == [None] * 5
+    assert plain_digits("$052$") == "52" and plain_digits("52.0") is None
+    assert without_assignment("x = 18") == "18" and without_assignment("total = 18") == "18"
+    assert without_assignment("x = y = 2") is None and without_assignment("2x = 4") is None
+    assert strip_percent("15\\%") == strip_percent("15 %") == "15"

@@ -40,6 +40,15 @@ def test_jsonl_with_user_named_fields():
     assert [q.gold for q in load_questions(config, "train")] == ["24", "12"]
 
 
+def test_jsonl_answer_with_gsm8k_rationale_gives_the_final_answer(tmp_path):
+    path = tmp_path / "raw.jsonl"
+    path.write_text('{"question": "x", "answer": "She has 3 + 4 = 7 plums.\\n#### 7"}\n{"question": "y", "answer": "12"}\n')
+    assert [q.gold for q in load_questions(task(name="jsonl", train_path=str(path)), "train")] == ["7", "12"]
+    path.write_text('{"question": "x", "answer": "She has 7 plums.\\n####"}\n')
+    with pytest.raises(UserError, match=r"raw.jsonl:1: field 'answer' has '####' but no answer after it"):
+        load_questions(task(name="jsonl", train_path=str(path)), "train")
+
+
 def test_size_limits_apply():
     config = TaskConfig(name="gsm8k", train_path=str(FIXTURES / "gsm8k_small.jsonl"), train_size=2)
     assert len(load_questions(config, "train")) == 2

@@ -75,3 +75,14 @@ def test_second_lock_on_a_run_directory_refuses(tmp_path):
                 pass
     with RunLock(tmp_path):  # released
         pass
+
+
+def test_official_filter_reaches_the_weight_stage_only_when_set():
+    from east.config import SelectionConfig, load_config
+    from east.pipeline import stats_args
+
+    default = load_config(None, [])
+    assert "official_filter" not in stats_args(default, default.arms[1])  # older runs keep their stage keys
+    parity = load_config(None, ["selection.official_filter=true"])
+    assert stats_args(parity, parity.arms[1])["official_filter"] is True
+    assert "official" in SelectionConfig.model_fields["official_filter"].description

@@ -1,5 +1,6 @@
 """The report: mean and 95% CI over seeds, paired differences to vanilla, table and figures from a run directory."""
 
+import json
 import math
 
 import pytest
@@ -14,7 +15,7 @@ def test_mean_ci_hand_values():
     assert m == pytest.approx(0.6)
     assert ci == pytest.approx(4.303 * 0.1 / math.sqrt(3))
     m, ci = mean_ci([0.4])
-    assert m == 0.4 and math.isnan(ci)
+    assert m == 0.4 and ci is None
 
 
 def fake_run(tmp_path, arms_override, accuracies):
@@ -77,3 +78,21 @@ def test_dast_arms_are_compared_with_plain_vanilla_not_with_each_other(tmp_path)
     assert deltas["sft"] is None
     assert deltas["dast-p"]["mean"] == pytest.approx(0.02)
     assert deltas["dast-l"]["mean"] == pytest.approx(-0.10)
+
+
+def test_results_json_is_strict_json_with_one_seed(tmp_path):
+    config = load_config(None, ["name=fake", "seeds=[0]", "arms=[{name: sft}, {name: east, weighting: entropy}]"])
+    (tmp_path / "config.yaml").write_text(dump_config(config))
+    io.write_json(tmp_path / "default" / "eval-test.json", {"accuracy": 0.40})
+    for arm, acc in (("sft", 0.5), ("east", 0.52)):
+        io.write_json(tmp_path / "seed-0" / arm / "eval-test.json", {"accuracy": acc})
+    write_report(tmp_path)
+    text = (tmp_path / "results.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    results = json.loads(text, parse_constant=refuse)  # strict parsers reject NaN / Infinity
+    east = results["arms"][1]["splits"]["test"]
+    assert east["ci95"] is None and east["delta_vs_vanilla"]["ci95"] is None
+    assert "| SFT + EAST (power, a=1) | 52.0 | +2.0 |" in (tmp_path / "results.md").read_text()

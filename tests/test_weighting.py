@@ -290,10 +290,46 @@ def test_linear_and_mean_mappings_in_stats():
 def test_summarise_and_summary_line():
     stats = question_stats(sample_sets())
     s = summarise(stats)
-    assert (s["questions"], s["kept"], s["dropped"]) == (4, 2, {"all_wrong": 1, "all_correct": 1})
+    assert (s["questions"], s["kept"], s["dropped"]) == (4, 2, {"all_wrong": 1, "all_correct": 1, "no_boxed_correct": 0,
+                                                                 "no_boxed_incorrect": 0})
     assert s["samples"] == 16 and s["samples_no_answer"] == 2
     assert s["weight"]["mean"] == pytest.approx(1.0)
     assert s["entropy"]["max"] == pytest.approx(1.5 * math.log(2))
     assert set(s["weight"]["quantiles"]) == {"q10", "q50", "q90"}
     line = summary_line(stats)
     assert "\n" not in line and line.startswith("2/4 questions kept") and "1 all wrong" in line
+
+
+def boxed_graded(qid: str, rows: list[tuple[str, bool, bool]]) -> GradedSet:
+    """A graded set from (key, correct, boxed) per response; boxed responses end in \\boxed{key}."""
+    g = graded(qid, [k for k, _, _ in rows], [ok for _, ok, _ in rows])
+    g.responses = [f"r{i} so \\boxed{{{k}}}" if box else f"r{i} so the answer is {k}" for i, (k, _, box) in enumerate(rows)]
+    return g
+
+
+def test_official_filter_drops_what_the_official_preprocessing_drops():
+    sets = [
+        boxed_graded("both", [("1", True, True), ("2", False, True), ("2", False, False)]),
+        boxed_graded("no_boxed_right", [("1", True, False), ("2", False, True), ("3", False, True)]),
+        boxed_graded("wrong_only_unanswered", [("1", True, True), ("1", True, True), (NA, False, False)]),
+        boxed_graded("wrong_unboxed", [("1", True, True), ("4", False, False), ("5", False, False)]),
+        boxed_graded("also_both", [("1", True, True), ("1", True, False), ("6", False, True), ("7", False, True)]),
+    ]
+    plain = question_stats(sets)
+    assert all(s.kept for s in plain)  # without the filter every question has right and wrong answers
+    official = question_stats(sets, official_filter=True)
+    assert [s.drop_reason for s in official] == [None, "no_boxed_correct", "no_boxed_incorrect", "no_boxed_incorrect", None]
+    kept = [s for s in official if s.kept]
+    assert np.mean([s.weight for s in kept]) == pytest.approx(1.0)  # the normaliser sees only the kept ones
+    assert kept[0].weight != plain[0].weight
+    assert summarise(official)["dropped"]["no_boxed_incorrect"] == 2
+    assert "2 no boxed incorrect" in summary_line(official)
+    with pytest.raises(ValueError, match=r"1 all wrong, 0 all correct, 1 no boxed correct \(official_filter\)"):
+        question_stats([sets[1], graded("w", ["2"], [False])], official_filter=True)
+
+
+def test_official_filter_with_keep_all_correct_keeps_all_correct_boxed_questions():
+    sets = [boxed_graded("right", [("1", True, True)] * 2), boxed_graded("right_unboxed", [("1", True, False)] * 2),
+            boxed_graded("mixed", [("1", True, True), ("2", False, True)])]
+    stats = question_stats(sets, keep_all_correct=True, official_filter=True)
+    assert [s.drop_reason for s in stats] == [None, "no_boxed_correct", None]

@@ -5,6 +5,7 @@
     east sample|grade|weight|train|evaluate CONFIG [--out DIR]   run up to that stage
     east bootstrap [--out DIR]                  train the built-in backbone
     east report RUN_DIR    east status RUN_DIR
+    east audit RUN_DIR                          our grader against math-verify and the last number
 
 A problem with the input, a damaged file, a full disk, a permission or memory problem is printed as one
 line naming the file and the fix (exit code 2); so is an unexpected error, named with its stage.
@@ -281,6 +282,61 @@ def results_outdated(run_dir: Path) -> str | None:
         return None
     return (f"{results} was written for an earlier config.yaml; `east run` (or `east report` once every stage is "
             "done) rewrites it")
+
+
+@app.command()
+@guarded
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with graded samples.")],
+    examples: Annotated[int, typer.Option("--examples", min=0, help="Examples shown per disagreeing cell.")] = 3,
+) -> None:
+    """Re-grade a run's samples with plain math-verify and the last number in the text: where they
+    disagree with our grader, and which training questions' kept flag or weight that would change.
+    Writes audit.json in the run directory."""
+    from east.audit import audit_run
+
+    print_audit(audit_run(run_dir, examples=examples))
+    console.print(f"data: {run_dir / 'audit.json'}", highlight=False)
+
+
+def print_audit(report: dict) -> None:
+    from east.audit import CLASSES
+
+    console.print(f"{report['run']}: {report['samples']:,} graded samples ({report['kind']}), seeds "
+                  f"{', '.join(report['seeds'])}", highlight=False)
+    for name, found in report["references"].items():
+        share = f" ({100 * found['agreement']:.1f}%)" if found["agreement"] is not None else ""
+        table = Table(title=f"ours (rows) vs {name} (columns): {found['agree']:,} of {report['samples']:,} agree{share}")
+        table.add_column("ours \\ " + name, no_wrap=True)
+        for theirs in CLASSES:
+            table.add_column(theirs, justify="right")
+        for ours in CLASSES:
+            table.add_row(ours, *(f"{found['table'][ours][theirs]:,}" for theirs in CLASSES))
+        console.print(table)
+        for cell, rows in found["examples"].items():
+            console.print(f"[bold]{cell.replace('reference', name)}[/bold] ({sum_cell(found['table'], cell):,})",
+                          highlight=False)
+            for row in rows:
+                console.print(f"  {row['seed']} {row['question_id']}: gold {row['gold']!r}, ours {row['ours']!r}, "
+                              f"{name} {row['reference']!r}; ends {row['response_end'][-100:]!r}", highlight=False)
+        arms = Table(title=f"if {name} graded instead: kept questions (ours -> {name}), kept flags and weights changed")
+        for column in ("seed", "arm", "kept", "kept Δ", "weight Δ", "Δ > 1%", "max |Δw|"):
+            arms.add_column(column, justify="left" if column in ("seed", "arm") else "right")
+        for seed, by_arm in found["arms"].items():
+            for arm, c in by_arm.items():
+                if "error" in c:
+                    arms.add_row(seed.removeprefix("seed-"), arm, c["error"], "", "", "", "")
+                else:
+                    arms.add_row(seed.removeprefix("seed-"), arm, f"{c['kept_ours']} -> {c['kept_reference']}",
+                                 str(c["kept_changed"]), str(c["weight_changed"]), str(c["weight_changed_over_1pct"]),
+                                 f"{c['max_weight_change']:.3f}")
+        console.print(arms)
+
+
+def sum_cell(table: dict, cell: str) -> int:
+    """The count behind an examples heading "ours X, reference Y"."""
+    ours, theirs = (part.split(" ", 1)[1] for part in cell.split(", "))
+    return table[ours][theirs]
 
 
 def print_results(root: Path) -> None:

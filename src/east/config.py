@@ -107,6 +107,10 @@ class SelectionConfig(Section):
     mode: Literal["one", "all_distinct"] = Field("one", description="SFT: one random correct response per question, or all distinct ones.")
     pairs_per_question: int = Field(1, ge=1, description="DPO: pairs per question.")
     boxed_only: bool = Field(False, description="Keep only responses with a \\boxed{} answer (official preprocessing).")
+    official_filter: bool = Field(
+        False, description="Parity with the official EAST preprocessing: also drop (before weighting, so the "
+        "normaliser sees the same questions) questions without a correct response containing \\boxed, and "
+        "questions whose incorrect responses all lack \\boxed (e.g. the only wrong samples have no answer).")
 
 
 class LossHyper(Section):

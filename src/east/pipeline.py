@@ -599,11 +599,18 @@ def dast_l_merge(run: Run, cell: Cell, model, tokenizer, questions, graded, leve
 
 
 def weighting_args(run: Run, arm: ArmConfig) -> dict[str, Any]:
+    return stats_args(run.config, arm)
+
+
+def stats_args(config: RunConfig, arm: ArmConfig) -> dict[str, Any]:
     """Arguments of `question_stats`: the arm's signal and mapping, or uniform for vanilla and local arms.
 
-    DAST arms keep all-correct questions (they get base_target rows), see east.dast."""
-    keep_all_correct = run.config.filter.keep_all_correct or arm.data != "vanilla"
-    common = {"epsilon": run.config.filter.epsilon, "keep_all_correct": keep_all_correct}
+    DAST arms keep all-correct questions (they get base_target rows), see east.dast. `official_filter`
+    appears only when set, so the weight stages of runs made before it existed keep their keys."""
+    keep_all_correct = config.filter.keep_all_correct or arm.data != "vanilla"
+    common = {"epsilon": config.filter.epsilon, "keep_all_correct": keep_all_correct}
+    if config.selection.official_filter:
+        common["official_filter"] = True
     if arm.weighting in GLOBAL_WEIGHTINGS:
         return {"signal": arm.weighting, "mapping": arm.mapping, "a": float(arm.a), "linear_range": arm.linear_range, **common}
     return {"signal": "entropy", "mapping": "uniform", "a": 1.0, "linear_range": None, **common}
@@ -673,7 +680,9 @@ def stage_select(run: Run, cell: Cell) -> None:
         io.write_parquet(out, rows)
         return {"rows": len(rows), **counts}
 
-    config = {"selection": cfg.model_dump(mode="json"), "loss": arm.loss, "data": arm.data, "seed": seed}
+    # official_filter acts in the weight stage (an input here): keeping it out leaves older runs' keys alone.
+    config = {"selection": cfg.model_dump(mode="json", exclude={"official_filter"}), "loss": arm.loss,
+              "data": arm.data, "seed": seed}
     if arm.data == "dast_p":
         config["dast"] = run.config.dast.model_dump(mode="json")
     run.stage(f"{cell.arm_name()}/select", config, [graded_stage, f"{cell.arm_name()}/weight"], [out], build)

@@ -71,7 +71,7 @@ class QuestionStats(Record):
     accuracy: float  # A = n_correct / n
     rejection: float  # R = share of the most frequent incorrect answer (no-answer excluded)
     kept: bool
-    drop_reason: str | None  # "all_wrong" | "all_correct" | None
+    drop_reason: str | None  # "all_wrong" | "all_correct" | "no_boxed_correct" | "no_boxed_incorrect" | None
     signal: float  # the value fed to the mapping (entropy, 1 - accuracy or rejection)
     weight: float  # 0.0 for dropped questions; mean 1 over kept ones
     level: str | None = None  # DAST difficulty level of the sampling model (easiest ... unsolved)

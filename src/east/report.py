@@ -34,10 +34,10 @@ def t95(df: int) -> float:
     return T95[max(below)] if df <= 30 else 1.96
 
 
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and 95% half-width (nan with a single value)."""
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and 95% half-width (None with a single value: results.json is strict JSON, which has no NaN)."""
     if len(values) < 2:
-        return mean(values), float("nan")
+        return mean(values), None
     return mean(values), t95(len(values) - 1) * stdev(values) / math.sqrt(len(values))
 
 
@@ -201,7 +201,7 @@ def pct(value: float | None, ci: float | None = None, sign: bool = False) -> str
     if value is None:
         return "-"
     text = f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
-    if ci is not None and not math.isnan(ci):
+    if ci is not None:
         text += f" ± {100 * ci:.1f}"
     return text
 
@@ -287,6 +287,11 @@ def dast_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def half_width(ci: float | None) -> float:
+    """A CI half-width in points for an error bar; 0 where there is none (one seed)."""
+    return 0.0 if ci is None else 100 * ci
+
+
 def fmt_chars(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -325,7 +330,7 @@ def figure4(root: Path, results: dict[str, Any]) -> None:
             continue
         xs = [t for t, _ in points]
         ys = [100 * c["mean"] for _, c in points]
-        ci = [0 if math.isnan(c["ci95"]) else 100 * c["ci95"] for _, c in points]
+        ci = [half_width(c["ci95"]) for _, c in points]
         ax.plot(xs, ys, marker="o", label=e["display"])
         ax.fill_between(xs, [y - d for y, d in zip(ys, ci)], [y + d for y, d in zip(ys, ci)], alpha=0.2)
     ax.set_xticks(range(1, 1 + max(len(e["iterations"]) for e in arms)))
@@ -352,7 +357,7 @@ def figure3(root: Path, results: dict[str, Any]) -> None:
     points.sort(key=lambda p: p[0])
     xs = [a for a, _ in points]
     ys = [100 * c["mean"] for _, c in points]
-    ci = [0 if math.isnan(c["ci95"]) else 100 * c["ci95"] for _, c in points]
+    ci = [half_width(c["ci95"]) for _, c in points]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(xs, ys, marker="o", label="EAST (power mapping)")
     ax.fill_between(xs, [y - c for y, c in zip(ys, ci)], [y + c for y, c in zip(ys, ci)], alpha=0.2)
@@ -391,7 +396,7 @@ def figure5(root: Path, results: dict[str, Any]) -> None:
             and e["weighting"] in ("none", "entropy", "accuracy", "rejection") and e["splits"]["test"]["mean"] is not None]
     if bars:
         right.barh([b[0] for b in bars], [100 * b[1]["mean"] for b in bars],
-                   xerr=[0 if math.isnan(b[1]["ci95"]) else 100 * b[1]["ci95"] for b in bars])
+                   xerr=[half_width(b[1]["ci95"]) for b in bars])
         right.set_xlabel("test accuracy (%)")
     fig.tight_layout()
     atomic_savefig(fig, root / "figure5.png")

@@ -5,7 +5,10 @@
     graded, counts = grade_sample_sets(sample_sets, {q.question_id: q.gold for q in questions}, "math")
 
 Kinds: "arith" and "gsm8k" compare numbers exactly; "math" adds math-verify in a timed process pool.
-See `east.grading.grade` for the rules and the clustering choice.
+The final answer of a response is, in order of precedence: its `\\boxed{}` answer (boxes side by side
+are one multi-value answer), the last "the answer is X", the last "#### X", a final line "Answer: X" /
+"Final Answer: X" / "A: X" (`east.grading.extract` has the details). See `east.grading.grade` for the
+comparison rules (scale words, percent, base subscripts, ...) and the clustering choice.
 """
 
 from east.grading.extract import extract_answer, gold_from_gsm8k_answer, gold_from_math_solution

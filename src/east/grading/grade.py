@@ -7,11 +7,18 @@ matches the gold answer. The entry points are re-exported by `east.grading`:
 
 How a verdict is reached (cheapest first):
 1. no extractable answer -> status "no_answer", key NO_ANSWER, incorrect (SPEC section 4);
-2. both answer and gold are plain numbers (`numeric.parse_number`) -> exact Fraction comparison.
+   (a gold that is a whole GSM8K answer text, rationale and "#### 42", is first reduced to "42");
+2. a numeral with a base subscript on either side (`52_8`) -> same digits, and the same base where
+   both give one (`52_{10}` is wrong for `52_8`, `52` is right); never math-verify, which ignores
+   subscripts;
+3. both answer and gold are plain numbers (`numeric.parse_number`, which also reads a name assigned
+   a number, `x = 18`, as that number, for every kind) -> exact Fraction comparison.
    For kind "arith" / "gsm8k" this is the only comparison (a non-numeric gold falls back to
    normalised-string equality). For kind "math" an unequal pair where either side is a decimal is
-   passed on, since math-verify accepts roundings (0.333333 for 1/3);
-3. kind "math": equal normalised LaTeX keys -> correct; otherwise math-verify `parse` + `verify` in a
+   passed on, since math-verify accepts roundings (0.333333 for 1/3). A percent sign is notation,
+   not a factor (`50\\%` is 50, so it is right for gold 50 and wrong for gold `\\frac12` or 0.5):
+   it is removed from both sides before math-verify, which would otherwise read `15\\%` as 0.15;
+4. kind "math": equal normalised LaTeX keys -> correct; otherwise math-verify `parse` + `verify` in a
    worker process with a hard wall-clock timeout (`east.grading.symbolic`). A timeout or a parse
    failure is incorrect, with status "timeout" / "error" and its own count.
 Verdicts are cached per distinct (cluster key, gold) pair: the 128 samples of a question usually
@@ -35,8 +42,18 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Literal
 
-from east.grading.extract import extract_answer
-from east.grading.numeric import is_exact_literal, number_key, parse_number, unwrap
+from east.errors import UserError
+from east.grading.extract import extract_answer, gold_from_gsm8k_answer
+from east.grading.numeric import (
+    base_numeral,
+    is_exact_literal,
+    number_key,
+    parse_number,
+    plain_digits,
+    strip_percent,
+    unwrap,
+    without_assignment,
+)
 from east.grading.steps import steps_sound
 from east.records import NO_ANSWER, GradedSet, SampleSet
 
@@ -68,7 +85,7 @@ _ASSIGNMENT = re.compile(r"^[A-Za-z]\s*=\s*(?=[^=]+$)")
 
 def latex_key(answer: str) -> str:
     """A normalised LaTeX string: spacing, `$`, `\\left`/`\\right`, aliases and a trailing unit removed."""
-    s = unwrap(answer.strip().replace("$", "").strip())
+    s = unwrap(answer.strip().replace("$", "").replace("\u2212", "-").strip())
     s = _ASSIGNMENT.sub("", s)  # "x = 5" answers the same question as "5"
     s = _TRAILING_TEXT_UNIT.sub("", s.strip())
     s = _LATEX_DROP.sub("", s)
@@ -97,7 +114,10 @@ def _number(answer: str, kind: str) -> Fraction | None:
 
 @lru_cache(maxsize=1 << 16)
 def _cached_number(answer: str, unit_words: bool) -> Fraction | None:
-    return parse_number(answer, unit_words)
+    value = parse_number(answer, unit_words)
+    if value is None and (assigned := without_assignment(answer)) is not None:
+        value = parse_number(assigned, unit_words)  # "x = 18"
+    return value
 
 
 @lru_cache(maxsize=1 << 16)
@@ -110,6 +130,8 @@ def cluster_key(answer: str | None, kind: str) -> str:
     value = _number(answer, kind)
     if value is not None:
         return number_key(value)
+    if numeral := base_numeral(answer):
+        return f"{numeral[0]}_{{{numeral[1]}}}"
     if kind != "math":
         return text_key(answer)
     key = latex_key(answer)
@@ -127,6 +149,8 @@ def _check_kind(kind: str) -> None:
 
 def fast_verdict(answer: str, gold: str, kind: str) -> bool | None:
     """The verdict reachable without math-verify, or None when math-verify must decide (kind "math")."""
+    if base_numeral(answer) or base_numeral(gold):
+        return same_numeral(answer, gold)
     answer_value, gold_value = _number(answer, kind), _number(gold, kind)
     if answer_value is not None and gold_value is not None:
         if answer_value == gold_value:
@@ -138,6 +162,28 @@ def fast_verdict(answer: str, gold: str, kind: str) -> bool | None:
     if kind != "math" or same_key:
         return same_key
     return None
+
+
+def same_numeral(answer: str, gold: str) -> bool:
+    """Whether two answers, one at least with a base subscript, are the same numeral: the same digits,
+    and the same base if both state one (the question states the base an unmarked answer is in)."""
+    ours, theirs = base_numeral(answer), base_numeral(gold)
+    ours_digits = ours[0] if ours else plain_digits(answer)
+    theirs_digits = theirs[0] if theirs else plain_digits(gold)
+    if ours_digits is None or ours_digits != theirs_digits:
+        return False
+    return ours is None or theirs is None or ours[1] == theirs[1]
+
+
+def gold_answer(gold: str) -> str:
+    """The gold to compare with: a whole GSM8K answer text (rationale, then "#### 42") gives "42"."""
+    if "####" not in gold:
+        return gold
+    try:
+        return gold_from_gsm8k_answer(gold)
+    except ValueError:
+        raise UserError(f"gold answer {gold[-80:]!r} has '####' but no answer after it; give the final "
+                        "answer alone, or the whole GSM8K answer text ending in '#### <answer>'") from None
 
 
 def _symbolic_verdicts(pairs: list[tuple[str, str]], timeout: float, workers: int | None) -> list[tuple[str, bool]]:
@@ -164,6 +210,7 @@ def grade_with_stats(
         raise ValueError(f"verify_steps checks the built-in arith task's equation lines; kind {kind!r} has none")
     if len(responses) != len(golds):
         raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
+    golds = [gold_answer(gold) for gold in golds]
     answers = [extract_answer(text) for text in responses]
     keys = [cluster_key(answer, kind) for answer in answers]
 
@@ -180,7 +227,8 @@ def grade_with_stats(
             verdicts[(key, gold)] = ("ok", verdict)
     if pending:
         pairs = list(pending)
-        results = _symbolic_verdicts([(pending[pair], pair[1]) for pair in pairs], timeout, workers)
+        sent = [(strip_percent(pending[pair]), strip_percent(pair[1])) for pair in pairs]  # % is notation
+        results = _symbolic_verdicts(sent, timeout, workers)
         verdicts.update(zip(pairs, results))
 
     flexible = _flexible_verdicts(responses, golds) if kind == "gsm8k" else [None] * len(responses)
@@ -254,6 +302,7 @@ def grade_sample_sets(
     missing = [s.question_id for s in sample_sets if s.question_id not in golds]
     if missing:
         raise KeyError(f"no gold answer for {len(missing)} question(s), e.g. {missing[:3]}")
+    golds = {qid: gold_answer(gold) for qid, gold in golds.items()}
     responses = [text for s in sample_sets for text in s.responses]
     flat_golds = [golds[s.question_id] for s in sample_sets for _ in s.responses]
     grades, stats = grade_with_stats(responses, flat_golds, kind, timeout=timeout, workers=workers,

@@ -4,6 +4,11 @@
     verify_pairs([("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}")], timeout=5.0)   # [("ok", True)]
 
 `east.grading.grade` calls this for the (answer, gold) pairs the numeric fast path cannot decide.
+`verify_responses` is the plain per-response use of math-verify (its own extraction from the whole
+response), which `east audit` takes as a reference grader:
+
+    verify_responses([("... so she has $\\boxed{14}$ figs", "14")])   # [("ok", True, "14")]
+
 A worker is this module run as `python -m east.grading.symbolic`, reading one JSON request per line
 on stdin and writing one JSON reply per line on stdout.
 
@@ -44,6 +49,9 @@ _MEMORY_LIMIT = 3 * 1024**3
 _GOLD_CACHE_SIZE = 4096
 
 Verdict = tuple[str, bool]  # (status "ok" | "timeout" | "error", correct)
+# (status "ok" | "no_answer" | "timeout" | "error", correct, the answer math-verify extracted or None)
+ResponseVerdict = tuple[str, bool, "str | None"]
+RESPONSE = "response"  # request flag: the first item is a whole response, not an extracted answer
 
 
 # --- worker side ------------------------------------------------------------------------------
@@ -68,6 +76,16 @@ def compare(answer: str, gold_parsed) -> Verdict:
     if not parsed:
         return ("error", False)
     return ("ok", bool(verify(gold_parsed, parsed, timeout_seconds=None)))
+
+
+def compare_response(response: str, gold_parsed) -> tuple[str, bool, str | None]:
+    """math-verify as commonly used: its own extraction from the whole response, against the gold."""
+    from math_verify import parse, verify
+
+    parsed = parse(response, parsing_timeout=None)  # type: ignore[arg-type]  # our pool times out
+    if not parsed:
+        return ("no_answer", False, None)
+    return ("ok", bool(verify(gold_parsed, parsed, timeout_seconds=None)), str(parsed[-1]))
 
 
 def _limit_memory() -> None:
@@ -105,7 +123,8 @@ def _exit_with_parent() -> None:
 
 
 def _worker_main() -> None:
-    """Serve [index, answer, gold] lines from stdin until it closes; reply [index, status, correct]."""
+    """Serve [index, answer, gold] lines from stdin until it closes; reply [index, status, correct].
+    A request [index, response, gold, "response"] gets [index, status, correct, extracted answer]."""
     import logging
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" is on purpose
@@ -121,13 +140,18 @@ def _worker_main() -> None:
     out.write('"ready"\n')
     out.flush()
     for line in sys.stdin:
-        index, answer, gold = json.loads(line)
+        index, answer, gold, *mode = json.loads(line)
         try:
             if gold not in golds:
                 if len(golds) >= _GOLD_CACHE_SIZE:
                     golds.clear()
                 golds[gold] = _parse(gold)
-            verdict = compare(answer, golds[gold]) if golds[gold] else ("error", False)
+            if not golds[gold]:
+                verdict = ("error", False)
+            elif mode == [RESPONSE]:
+                verdict = compare_response(answer, golds[gold])
+            else:
+                verdict = compare(answer, golds[gold])
         except Exception:  # noqa: BLE001 - any failure of one comparison is that item's "error"
             verdict = ("error", False)
         out.write(json.dumps([index, *verdict]) + "\n")
@@ -183,13 +207,14 @@ class SymbolicPool:
         self._workers[slot] = self._start()
         self.replaced += 1
 
-    def verify(self, pairs: list[tuple[str, str]], timeout: float) -> list[Verdict]:
+    def verify(self, pairs: list[tuple[str, ...]], timeout: float) -> list[tuple]:
         """(status, correct) for each (answer, gold): "ok", or "timeout" after `timeout` seconds of
-        wall clock on that item, or "error" when math-verify cannot parse it or its worker died."""
+        wall clock on that item, or "error" when math-verify cannot parse it or its worker died.
+        An item (response, gold, RESPONSE) gets the worker's (status, correct, extracted) instead."""
         with self._lock:
             return self._verify(pairs, timeout)
 
-    def _verify(self, pairs: list[tuple[str, str]], timeout: float) -> list[Verdict]:
+    def _verify(self, pairs: list[tuple[str, ...]], timeout: float) -> list[tuple]:
         results: list[Verdict | None] = [None] * len(pairs)
         queue = deque(range(len(pairs)))
         retried: set[int] = set()
@@ -203,7 +228,7 @@ class SymbolicPool:
             self._enforce_deadlines(results)
         return results  # type: ignore[return-value]
 
-    def _send(self, slot: int, index: int, pairs: list[tuple[str, str]], timeout: float) -> bool:
+    def _send(self, slot: int, index: int, pairs: list[tuple[str, ...]], timeout: float) -> bool:
         """Hand item `index` to the worker in `slot`; False (and a replacement) if it has died."""
         w = self._workers[slot]
         try:
@@ -244,8 +269,8 @@ class SymbolicPool:
             if message == "ready":
                 w.ready = True
             else:
-                index, status, correct = message
-                results[index] = (status, correct)
+                index, *verdict = message
+                results[index] = tuple(verdict)  # type: ignore[assignment]
                 w.task = None
 
     def _enforce_deadlines(self, results: list[Verdict | None]) -> None:
@@ -306,6 +331,15 @@ def verify_pairs(pairs: list[tuple[str, str]], timeout: float = 5.0, workers: in
     if not pairs:
         return []
     return get_pool(workers).verify(pairs, timeout)
+
+
+def verify_responses(items: list[tuple[str, str]], timeout: float = 5.0, workers: int | None = None) -> list[ResponseVerdict]:
+    """Plain per-response math-verify: (status, correct, extracted answer) for each (response, gold),
+    each under `timeout` seconds; status "no_answer" when math-verify finds nothing to compare."""
+    if not items:
+        return []
+    found = get_pool(workers).verify([(response, gold, RESPONSE) for response, gold in items], timeout)
+    return [(v[0], v[1], v[2] if len(v) > 2 else None) for v in found]  # a timeout or crash has no answer
 
 
 if __name__ == "__main__":

@@ -178,9 +178,23 @@ def math_question(row: dict[str, Any]) -> tuple[str, str, dict, str | None]:
 def jsonl_parser(task) -> Callable[[dict[str, Any]], tuple[str, str, dict, str | None]]:
     def parse(row: dict[str, Any]) -> tuple[str, str, dict, str | None]:
         return (jsonl_field(row, task.question_field, "question_field"),
-                jsonl_field(row, task.answer_field, "answer_field"), {}, row.get("solution"))
+                jsonl_gold(jsonl_field(row, task.answer_field, "answer_field"), task.answer_field),
+                {}, row.get("solution"))
 
     return parse
+
+
+def jsonl_gold(answer: str, name: str) -> str:
+    """The gold answer of a jsonl row: a whole GSM8K answer text (rationale, then "#### 42") gives "42",
+    since compared as it is it would make every response wrong."""
+    from east.grading import gold_from_gsm8k_answer
+
+    if "####" not in answer:
+        return answer
+    try:
+        return gold_from_gsm8k_answer(answer)
+    except ValueError:
+        raise BadRow(f"field {name!r} has '####' but no answer after it") from None
 
 
 def jsonl_field(row: dict[str, Any], name: str, setting: str) -> str:

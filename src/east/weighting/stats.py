@@ -4,7 +4,10 @@
     print(summary_line(stats))          # the one-line demo print; summarise(stats) gives the numbers
 
 For every question: answer clusters, entropy (Eq. 1, natural log), accuracy, rejection, then the filter
-(all-wrong questions are always dropped, all-correct ones unless `keep_all_correct`), then the mapping
+(all-wrong questions are always dropped, all-correct ones unless `keep_all_correct`; with
+`official_filter` also those the official EAST preprocessing drops: no correct response containing
+`\\boxed`, or incorrect responses none of which contains `\\boxed`, e.g. when the only wrong samples
+have no answer), then the mapping
 applied to the signal of the KEPT questions only. Dropped questions keep their statistics with weight
 0.0, so reports can show what was dropped and why. Weights are computed once per call (one iteration)
 and have mean 1 over the kept questions.
@@ -24,7 +27,8 @@ from east.weighting.signals import accuracy, cluster_sizes, entropy, rejection
 
 Signal = Literal["entropy", "accuracy", "rejection"]
 SIGNALS: tuple[str, ...] = ("entropy", "accuracy", "rejection")
-DROP_REASONS: tuple[str, ...] = ("all_wrong", "all_correct")
+DROP_REASONS: tuple[str, ...] = ("all_wrong", "all_correct", "no_boxed_correct", "no_boxed_incorrect")
+BOX_MARK = "\\boxed"  # what the official preprocessing's check_box looks for in a response
 
 
 def question_stats(
@@ -36,6 +40,7 @@ def question_stats(
     linear_range: float | None = None,
     epsilon: float = 0.0,
     keep_all_correct: bool = False,
+    official_filter: bool = False,
 ) -> list[QuestionStats]:
     """One QuestionStats per graded question, in input order, weighted over the kept questions."""
     if signal not in SIGNALS:
@@ -43,7 +48,7 @@ def question_stats(
     if mapping not in MAPPINGS:
         raise ValueError(f"unknown mapping {mapping!r}; choose one of {', '.join(MAPPINGS)}")
     check_unique_ids(graded)
-    rows = [unweighted_stats(g, signal, keep_all_correct) for g in graded]
+    rows = [unweighted_stats(g, signal, keep_all_correct, official_filter) for g in graded]
     kept = [r for r in rows if r.kept]
     if not kept:
         raise ValueError(no_kept_message(rows, keep_all_correct))
@@ -61,7 +66,7 @@ def question_stats(
     return rows
 
 
-def unweighted_stats(g: GradedSet, signal: Signal, keep_all_correct: bool) -> QuestionStats:
+def unweighted_stats(g: GradedSet, signal: Signal, keep_all_correct: bool, official_filter: bool = False) -> QuestionStats:
     """A question's statistics and filter verdict, weight still 0.0."""
     check_graded(g)
     n = len(g.keys)
@@ -71,6 +76,8 @@ def unweighted_stats(g: GradedSet, signal: Signal, keep_all_correct: bool) -> Qu
     rej = rejection(g.keys, g.correct)
     h = entropy([size for _, size in clusters])
     drop_reason = "all_wrong" if n_correct == 0 else "all_correct" if n_correct == n and not keep_all_correct else None
+    if drop_reason is None and official_filter:
+        drop_reason = official_drop_reason(g)
     return QuestionStats(
         question_id=g.question_id,
         n=n,
@@ -87,6 +94,20 @@ def unweighted_stats(g: GradedSet, signal: Signal, keep_all_correct: bool) -> Qu
         signal={"entropy": h, "accuracy": 1.0 - acc, "rejection": rej}[signal],
         weight=0.0,
     )
+
+
+def official_drop_reason(g: GradedSet) -> str | None:
+    """Why the official EAST preprocessing would drop a question that has correct responses:
+    none of them contains `\\boxed`, or it has incorrect responses and none of those does (an
+    all-correct question kept with keep_all_correct has no incorrect response to check)."""
+    if not g.responses:
+        raise ValueError(f"question {g.question_id}: official_filter needs the response texts, the graded set has none")
+    boxed = [BOX_MARK in r for r in g.responses]
+    if not any(b and ok for b, ok in zip(boxed, g.correct)):
+        return "no_boxed_correct"
+    if not all(g.correct) and not any(b and not ok for b, ok in zip(boxed, g.correct)):
+        return "no_boxed_incorrect"
+    return None
 
 
 def check_graded(g: GradedSet) -> None:
@@ -110,8 +131,9 @@ def check_unique_ids(graded: Sequence[GradedSet]) -> None:
 
 def no_kept_message(rows: Sequence[QuestionStats], keep_all_correct: bool) -> str:
     reasons = Counter(r.drop_reason for r in rows)
+    official = "".join(f", {reasons[r]} {r.replace('_', ' ')} (official_filter)" for r in DROP_REASONS[2:] if reasons[r])
     msg = (f"no question left to train on: {len(rows)} questions, {reasons['all_wrong']} all wrong, "
-           f"{reasons['all_correct']} all correct. ")
+           f"{reasons['all_correct']} all correct{official}. ")
     if reasons["all_correct"] and not keep_all_correct:
         msg += "Sample more responses per question or at a higher temperature, or keep_all_correct=True."
     else:
@@ -151,8 +173,10 @@ def summarise(stats: Sequence[QuestionStats], quantiles: Sequence[float] = (0.1,
 def summary_line(stats: Sequence[QuestionStats]) -> str:
     """One line for the demo: kept / dropped, entropy and weight ranges."""
     s = summarise(stats)
+    dropped = s["dropped"]
+    official = "".join(f", {dropped[r]} {r.replace('_', ' ')}" for r in DROP_REASONS[2:] if dropped[r])
     line = (f"{s['kept']}/{s['questions']} questions kept "
-            f"(dropped: {s['dropped']['all_wrong']} all wrong, {s['dropped']['all_correct']} all correct)")
+            f"(dropped: {dropped['all_wrong']} all wrong, {dropped['all_correct']} all correct{official})")
     if s["kept"]:
         h, w = s["entropy"], s["weight"]
         qs = " ".join(f"{k}={v:.2f}" for k, v in w["quantiles"].items())
