@@ -106,9 +106,9 @@ def crossed_interval(d: dict[int, dict[str, float]]) -> dict[str, Any]:
         se = math.sqrt(combined / (s * q))
         method = "seeds x questions crossed"
     if se == 0:
-        return {"mean": grand, "ci95": 0.0, "mdd80": 0.0, "df": df, "method": method}
-    return {"mean": grand, "ci95": t975(df) * se, "mdd80": (t975(df) + t80(df)) * se, "df": df, "method": method,
-            "seeds": s, "questions": q}
+        return {"mean": grand, "ci95": 0.0, "mdd80": 0.0, "df": None, "method": method, "seeds": s, "questions": q}
+    return {"mean": grand, "ci95": t975(df) * se, "mdd80": (t975(df) + t80(df)) * se,
+            "df": df if math.isfinite(df) else None, "method": method, "seeds": s, "questions": q}
 
 
 def paired_difference(arm: Mapping[int, Mapping[str, float]], base: Mapping[int, Mapping[str, float]]) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def paired_cell(root: Path | None, entry: dict[str, Any], base: dict[str, Any], 
     if not diffs:
         return None
     m, ci = mean_ci(diffs)
-    ci = None if math.isnan(ci) else ci
+    ci = None if ci is None or math.isnan(ci) else ci
     mdd = None if ci is None else ci * (t975(len(diffs) - 1) + t80(len(diffs) - 1)) / t975(len(diffs) - 1)
     return {"mean": m, "ci95": ci, "mdd80": mdd, "n": len(diffs), "method": "seeds (accuracies only)"}
 
