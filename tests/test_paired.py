@@ -47,8 +47,8 @@ def test_crossed_interval_matches_the_anova_formula_by_hand():
 
 
 def test_no_question_effect_leaves_the_seed_term_with_its_own_degrees_of_freedom():
-    # every question has the same mean over seeds: MS_question = 0 < MS_residual
-    grid = [[1, 0], [0, 1]]
+    # every question has the same mean over seeds: MS_question = 0 < MS_residual; the seeds differ
+    grid = [[1, 0, 1], [0, 1, 0]]
     found = crossed_interval({s: rows(grid[s]) for s in range(2)})
     assert found["df"] == 1
 
