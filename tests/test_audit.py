@@ -114,7 +114,7 @@ def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "seed-0").mkdir()
     (tmp_path / "seed-0" / "graded.parquet").write_text("not parquet")
     result = CliRunner().invoke(app, ["audit", str(tmp_path)])
-    assert result.exit_code == 2 and "seed-0/graded.parquet: not a graded table" in result.output
+    assert result.exit_code == 2 and "seed-0/graded.parquet: damaged or not a Parquet file" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

@@ -190,7 +190,7 @@ class Tracker:
         """The results table of `east report` (TensorBoard text, W&B table `results/table`) and its mean accuracies."""
         if not self.report_to:
             return
-        from east.report import markdown, table_rows
+        from east.report import markdown, table_header, table_rows
 
         self.log(ROOT_SCOPE, results_scalars(results), {})
         if "tensorboard" in self.report_to:
@@ -201,7 +201,7 @@ class Tracker:
             import wandb
 
             splits = results["splits"]
-            columns = ["setting", *splits, *(f"Δ {split}" for split in splits)]
+            columns = table_header(splits)
             self.wandb_run.log({"results/table": wandb.Table(columns=columns, data=table_rows(results))})
 
     def log(self, scope: str, scalars: dict[str, float], histograms: dict[str, list[float]]) -> None:
