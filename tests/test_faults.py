@@ -18,6 +18,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from test_bad_input import error_line
+
 from east import io, rundir
 from east.cli import app
 from east.config import RunConfig
@@ -56,14 +58,6 @@ def ok(result) -> str:
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     return text(result)
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
