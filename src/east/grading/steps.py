@@ -25,21 +25,10 @@ from __future__ import annotations
 
 import re
 
+from east.tasks.arith import apply_symbol
+
 _EQUATION = re.compile(r"^\s*(-?\d{1,12})\s*([+\-*/])\s*(-?\d{1,12})\s*=\s*(-?\d{1,12})\s*$")
 _BOXED = re.compile(r"^\s*\\boxed\{\s*(-?\d{1,12})\s*\}\s*$")
-
-
-def apply(a: int, op: str, b: int) -> int | None:
-    """a op b over the integers; None where `/` does not divide exactly."""
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    if b == 0 or a % b:
-        return None
-    return a // b
 
 
 def step_error(response: str) -> str | None:
@@ -58,7 +47,7 @@ def step_error(response: str) -> str | None:
         a, op, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
         if previous is not None and a != previous:
             return f"line {number} starts from {a}, not from the previous result {previous}"
-        result = apply(a, op, b)
+        result = apply_symbol(a, op, b)
         if result != c:
             return f"line {number}: {a}{op}{b} is {result if result is not None else 'not an integer'}, not {c}"
         previous = c

@@ -119,14 +119,22 @@ def _feasible_steps(value: int, spec: ArithSpec) -> list[tuple[str, list[int]]]:
     return [(op, options[op]) for op in spec.ops if options[op]]
 
 
-def _apply(op: str, value: int, arg: int) -> int:
-    if op == "add":
+def apply_symbol(value: int, symbol: str, arg: int) -> int | None:
+    """value symbol arg over the integers, for the solution lines' symbols (+ - * /); None where `/` does not
+    divide exactly. Step verification (east.grading.steps) checks written lines with it."""
+    if symbol == "+":
         return value + arg
-    if op == "sub":
+    if symbol == "-":
         return value - arg
-    if op == "mul":
+    if symbol == "*":
         return value * arg
+    if arg == 0 or value % arg:
+        return None
     return value // arg
+
+
+def _apply(op: str, value: int, arg: int) -> int:
+    return apply_symbol(value, _SYMBOLS[op], arg)  # generation only divides where it is exact
 
 
 def _clause(op: str, arg: int, rng: random.Random) -> str:
