@@ -130,3 +130,20 @@ def test_reference_answers_that_are_right_join_the_gold_cluster():
     [theirs] = reference_graded([g], verdicts, "math")
     assert theirs.keys == [cluster_key(gold, "math"), cluster_key("\\sqrt{2}", "math"), NO_ANSWER]
     assert theirs.correct == [True, False, False] and theirs.responses == g.responses
+
+
+def test_step_rejections_are_named_apart_from_grading_disagreements(tmp_path):
+    config = load_config(None, ["name=steps", "grading.verify_steps=true"])
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.yaml").write_text(dump_config(config))
+    responses = ["3+4=7\n\\boxed{7}", "3+4=8\n8-1=7\n\\boxed{7}", "3+4=8\n\\boxed{8}"]
+    sets = [SampleSet("q1", "p", responses, [5] * 3, [True] * 3)]
+    graded, _ = grade_sample_sets(sets, {"q1": "7"}, "arith", verify_steps=True)
+    io.write_parquet(tmp_path / "seed-0" / "graded.parquet", [g.to_dict() for g in graded])
+    report = audit_run(tmp_path, write=False)
+    assert report["step_rejected"] == 1
+    found = report["references"]["last number"]
+    assert found["table"]["incorrect"]["correct"] == 1  # the flawed working with the right answer
+    assert found["step_rejected_reference_correct"] == 1
+    result = CliRunner().invoke(app, ["audit", str(tmp_path)])
+    assert "1 of the 'ours incorrect, last number correct' samples were refused by step verification" in result.output

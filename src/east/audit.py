@@ -67,6 +67,7 @@ class Sample:
     response: str
     gold: str
     ours: Verdict
+    step_rejected: bool = False  # grading.verify_steps refused it: right final answer, unsound working
 
 
 def graded_files(root: Path) -> list[Path]:
@@ -91,8 +92,16 @@ def read_graded_sets(path: Path) -> list[GradedSet]:
 
 
 def samples_of(seed: str, graded: Sequence[GradedSet]) -> list[Sample]:
-    return [Sample(seed, g.question_id, response, g.gold, Verdict(answer, bool(ok)))
-            for g in graded for response, answer, ok in zip(g.responses, g.answers, g.correct)]
+    return [Sample(seed, g.question_id, response, g.gold, Verdict(answer, bool(ok)), bool(rejected))
+            for g in graded
+            for response, answer, ok, rejected in zip(g.responses, g.answers, g.correct,
+                                                      g.step_rejected or [False] * len(g.responses))]
+
+
+def step_rejected_disagreements(samples: Sequence[Sample], reference: Sequence[Verdict]) -> int:
+    """Samples the reference calls correct that ours refused by step verification: a disagreement by
+    design (the references check final answers only), not a grading error."""
+    return sum(s.step_rejected and r.label == "correct" for s, r in zip(samples, reference))
 
 
 def math_verify_verdicts(samples: Sequence[Sample], timeout: float, workers: int | None) -> list[Verdict]:
@@ -202,7 +211,8 @@ def audit_run(root: Path, examples: int = 3, write: bool = True) -> dict[str, An
     }
     settings = arm_settings(config)
     report: dict[str, Any] = {"run": str(root), "kind": kind, "seeds": list(graded), "samples": len(samples),
-                              "ours": dict(Counter(s.ours.label for s in samples)), "references": {}}
+                              "ours": dict(Counter(s.ours.label for s in samples)),
+                              "step_rejected": sum(s.step_rejected for s in samples), "references": {}}
     for name, found in verdicts.items():
         table = disagreement_table(samples, found)
         agree = sum(table[c][c] for c in CLASSES)
@@ -218,6 +228,7 @@ def audit_run(root: Path, examples: int = 3, write: bool = True) -> dict[str, An
             "agree": agree,
             "agreement": agree / len(samples) if samples else None,
             "statuses": dict(Counter(v.status for v in found)),
+            "step_rejected_reference_correct": step_rejected_disagreements(samples, found),
             "examples": disagreement_examples(samples, found, examples),
             "arms": arms,
         }

@@ -313,6 +313,10 @@ def print_audit(report: dict) -> None:
         for ours in CLASSES:
             table.add_row(ours, *(f"{found['table'][ours][theirs]:,}" for theirs in CLASSES))
         console.print(table)
+        if found.get("step_rejected_reference_correct"):
+            console.print(f"{found['step_rejected_reference_correct']:,} of the 'ours incorrect, {name} correct' samples "
+                          "were refused by step verification (grading.verify_steps): right final answer, unsound "
+                          "working; a disagreement by design", highlight=False)
         for cell, rows in found["examples"].items():
             console.print(f"[bold]{cell.replace('reference', name)}[/bold] ({sum_cell(found['table'], cell):,})",
                           highlight=False)
