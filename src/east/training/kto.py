@@ -1,7 +1,7 @@
 """Weighted KTO on TRL 1.16.0: gradient (and value) of mean_i(w_i * loss_i), one weight per row.
 
 TRL version: 1.16.0. TRL methods overridden here: `KTOTrainer.__init__`, `KTOTrainer.compute_loss`,
-`KTOTrainer._compute_loss` (TRL's own body with one line replaced, built by `patch_trl_method`),
+`KTOTrainer._compute_loss` (TRL's own body with two lines replaced, built by `patch_trl_method`),
 and via WeightedTrainerMixin `KTOTrainer.compute_ref_log_probs`, `KTOTrainer._set_signature_columns_if_needed`
 and `KTOTrainer.log`.
 
@@ -16,6 +16,11 @@ each loss back to its batch row and weight. Exact choices:
   not how the shared baseline is estimated. So weights change how rows count, never the baseline they are scored
   against. (Consequence, as in stock TRL: with loss_type="kto" the batch composition, and so gradient
   accumulation, changes the KL estimate; "apo_zero_unpaired" has no KL term.)
+- z_0 comes from the micro-batch's own rows on each process, as TRL does under gradient accumulation, NOT from
+  the rows of all processes (TRL 1.16 gathers it with `gather_for_metrics`; that line is replaced too). So
+  N processes with per_device_train_batch_size B give the same model as 1 process with the same B and N times
+  the accumulation steps: the result does not depend on how micro-batches are spread over processes. (TRL builds
+  the KL pairs within blocks of B rows, so B itself is part of the estimate either way.)
 Every supported KTO loss type ("kto", "apo_zero_unpaired") is per row, so there is nothing to refuse.
 
 Usage: `WeightedKTOTrainer(model, args=KTOConfig(...), train_dataset=ds, processing_class=tok,
@@ -42,6 +47,7 @@ class WeightedKTOTrainer(WeightedTrainerMixin, KTOTrainer):
         KTOTrainer._compute_loss,
         "loss = losses.nanmean()",
         "loss = self._east_weighted_nanmean(losses, torch.cat((chosen_idx, rejected_idx)))",
+        also=(("kl = self.accelerator.gather_for_metrics(kl).mean().clamp(min=0)", "kl = kl.clamp(min=0)"),),
     )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

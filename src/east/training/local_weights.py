@@ -17,8 +17,10 @@ normalised by its own batch mean before the product (our choice: the paper only 
 
 The trainers multiply the row weight by the local weight (`local_weighting=` of every trainer and of `train`).
 In the baseline arms the row weights are all 1, so the local weight is the weight; the product also keeps a
-combination (EAST x LW) well defined. LW(P) is normalised per micro-batch, so unlike the row weights it depends on
-the micro-batch split under gradient accumulation.
+combination (EAST x LW) well defined. LW(P) is normalised per micro-batch (per_device_train_batch_size rows of one
+process), so unlike the row weights it depends on per_device_train_batch_size; with that fixed it does not depend
+on how micro-batches are spread over processes and accumulation steps (N processes = N times the accumulation).
+Pooling the normaliser over processes would make it depend on the process count instead, so it is kept local.
 
 Usage: `row_local_weights("lw_p", token_logps, mask)`; nothing here is invoked on its own.
 """

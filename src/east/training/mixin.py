@@ -12,11 +12,13 @@ The path of a row weight:
    `precompute_ref_log_probs`, run inside TRL's `__init__`) never see a weight tensor at all.
 4. `compute_loss` pops `weight` from the batch before anything reaches TRL, so it never reaches `model.forward`.
 5. `PolicyTap` wraps the model handed to TRL's loss for one call and observes the one policy forward that scores
-   the batch (fused LM head, same `input_ids` tensor). There each trainer applies its weights: SFT scales the
+   the batch (fused LM head, the batch's `input_ids` by value: TRL's KTO moves the batch with `.to(device)`, which
+   copies it under CPU data parallel). There each trainer applies its weights: SFT scales the
    per-token log-probs (the loss is linear in them); DPO/KTO stash per-row weights that a one-line patch of TRL's
    final reduction uses (see `patch_trl_method`). Local weights (LW(P), LW(W)) are computed there too, under
    no_grad, from the same forward's outputs, and multiply the row weight.
-6. `log` adds mean/min/max of the row weights (and local weights) seen since the last logging step.
+6. `log` adds mean/min/max of the row weights (and local weights) seen since the last logging step, over the
+   rows of every process (gathered: each rank sees only its share of the batch).
 """
 
 from __future__ import annotations
@@ -84,19 +86,32 @@ class WeightCollator:
 class PolicyTap:
     """Calls the model; on the policy's scoring forward (fused LM head, the batch's own input_ids) applies `hook`.
 
-    TRL's loss code also calls the model for KTO's KL completions and for `return_outputs` logits; those are told
-    apart by their `input_ids` tensor (a different object) or by having no `log_probs`, and pass through untouched.
+    TRL's loss code also calls the model for KTO's KL completions and for `return_outputs` logits; those pass
+    through untouched. The policy forward is recognised by its `input_ids` VALUES, not by tensor identity: TRL's
+    KTO moves the batch with `.to(self.accelerator.device)`, which copies it under CPU data parallel. KTO's KL
+    forwards run under no_grad, so while training only a forward with gradients counts. Out of training
+    (evaluation runs everything under no_grad) a later forward with the same ids has the same inputs and so the
+    same outputs, and is let through: the first one carries the weights.
     """
 
-    def __init__(self, model, input_ids: torch.Tensor, hook: Callable[[Any], Any]):
-        self.model, self.input_ids, self.hook, self.fired = model, input_ids, hook, 0
+    def __init__(self, model, input_ids: torch.Tensor, hook: Callable[[Any], Any], training: bool):
+        self.model, self.input_ids, self.hook, self.training, self.fired = model, input_ids, hook, training, 0
 
     def __call__(self, *args, **kwargs):
         outputs = self.model(*args, **kwargs)
-        if kwargs.get("input_ids") is self.input_ids and getattr(outputs, "log_probs", None) is not None:
+        if self.is_policy_forward(kwargs.get("input_ids")) and getattr(outputs, "log_probs", None) is not None:
             self.fired += 1
             outputs = self.hook(outputs)
         return outputs
+
+    def is_policy_forward(self, input_ids) -> bool:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.shape != self.input_ids.shape:
+            return False
+        if self.training and not torch.is_grad_enabled():
+            return False  # KTO's KL forward
+        if not self.training and self.fired:
+            return False  # same ids as the forward already weighed: same outputs
+        return input_ids is self.input_ids or torch.equal(input_ids.to(self.input_ids.device), self.input_ids)
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)
@@ -109,8 +124,9 @@ class PolicyTap:
             )
 
 
-def patch_trl_method(func: Callable, old: str, new: str) -> Callable:
-    """A copy of TRL method `func` with the one source fragment `old` replaced by `new`.
+def patch_trl_method(func: Callable, old: str, new: str, also: tuple[tuple[str, str], ...] = ()) -> Callable:
+    """A copy of TRL method `func` with the one source fragment `old` replaced by `new` (and each (old, new) of
+    `also`, for KTO's KL estimate).
 
     Used for the single line where DPO/KTO reduce per-row losses to the batch loss: TRL 1.16 computes the loss in
     one monolithic `_compute_loss` with no hook, and copying ~300 lines to change one would drift silently. The
@@ -118,12 +134,14 @@ def patch_trl_method(func: Callable, old: str, new: str) -> Callable:
     it refuses to build unless `old` occurs exactly once.
     """
     source = textwrap.dedent(inspect.getsource(func))
-    if source.count(old) != 1:
-        raise RuntimeError(f"cannot find {old!r} once in {func.__qualname__}: TRL changed (written for trl 1.16.0)")
+    for fragment, replacement in ((old, new), *also):
+        if source.count(fragment) != 1:
+            raise RuntimeError(f"cannot find {fragment!r} once in {func.__qualname__}: TRL changed (written for trl 1.16.0)")
+        source = source.replace(fragment, replacement)
     if func.__code__.co_freevars:
         raise RuntimeError(f"{func.__qualname__} has a closure; it cannot be patched by source")
     padding = "\n" * (func.__code__.co_firstlineno - 1)
-    module = compile(padding + source.replace(old, new), inspect.getsourcefile(func), "exec")
+    module = compile(padding + source, inspect.getsourcefile(func), "exec")
     code = next(c for c in module.co_consts if isinstance(c, types.CodeType) and c.co_name == func.__name__)
     patched = types.FunctionType(code, func.__globals__, func.__name__, func.__defaults__)
     patched.__qualname__, patched.__doc__ = func.__qualname__, func.__doc__
@@ -187,7 +205,7 @@ class WeightedTrainerMixin:
                 weights = weights * local.to(weights.device, weights.dtype)
             return self._apply_weights(outputs, weights)
 
-        return PolicyTap(model, inputs["input_ids"], hook)
+        return PolicyTap(model, inputs["input_ids"], hook, training=self.model.training)
 
     def _east_local_weights(self, outputs) -> torch.Tensor | None:
         if self.local_weighting is None:
@@ -227,7 +245,14 @@ class WeightedTrainerMixin:
         return self._east_active
 
     def _east_weighted_mean(self, per_row_loss: torch.Tensor) -> torch.Tensor:
-        """mean_i(w_i * loss_i): replaces TRL's `per_sequence_loss.mean()`."""
+        """mean_i(w_i * loss_i): replaces TRL's `per_sequence_loss.mean()`.
+
+        The mean is over the micro-batch's rows. Trainer divides each micro-batch's loss by the number of
+        accumulation steps and DDP / DeepSpeed average gradients over processes, so an optimizer step follows the
+        mean over all its rows whenever every micro-batch holds the same number of rows: exactly when the number of
+        rows is a multiple of per_device_train_batch_size x processes (with one process: of the batch size, or the
+        last micro-batch is smaller). Otherwise accelerate fills the last batch of an epoch with rows from its start
+        (even_batches), which no normaliser can undo; tests/test_distributed.py shows both."""
         weights = self._east_current().to(per_row_loss.device, per_row_loss.dtype)
         return (weights * per_row_loss).mean()
 
@@ -246,12 +271,27 @@ class WeightedTrainerMixin:
             self._east_seen["local_weight"].append(local.detach().float().cpu())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Trainer calls `log` on every process at the same steps (its loss is gathered there too), so the
+        # collective in `_east_gathered_stats` runs on all ranks or on none.
         if self.model.training and "loss" in logs:
             for name, seen in self._east_seen.items():
-                if seen:
-                    values = torch.cat(seen)
-                    logs[f"{name}/mean"] = values.mean().item()
-                    logs[f"{name}/min"] = values.min().item()
-                    logs[f"{name}/max"] = values.max().item()
-                    seen.clear()
+                stats = self._east_gathered_stats(seen)
+                seen.clear()
+                if stats is not None:
+                    logs[f"{name}/mean"], logs[f"{name}/min"], logs[f"{name}/max"] = stats
         super().log(logs, start_time)
+
+    def _east_gathered_stats(self, seen: list[torch.Tensor]) -> tuple[float, float, float] | None:
+        """(mean, min, max) of the values every process saw since the last log; None if none saw any."""
+        values = torch.cat(seen) if seen else torch.zeros(0)
+        local = torch.tensor([values.sum().item(), float(values.numel()),
+                              values.min().item() if values.numel() else float("inf"),
+                              values.max().item() if values.numel() else float("-inf")], dtype=torch.float64)
+        if self.accelerator.num_processes > 1:
+            local = self.accelerator.gather(local.to(self.accelerator.device)).cpu().view(-1, 4)
+        else:
+            local = local.view(1, 4)
+        total, count = local[:, 0].sum().item(), local[:, 1].sum().item()
+        if count == 0:
+            return None
+        return total / count, local[:, 2].min().item(), local[:, 3].max().item()
