@@ -535,11 +535,63 @@ def stage_train(run: Run, cell: Cell) -> None:
     def build():
         rows = io.read_parquet(directory / "rows.parquet")
         # Tracking arguments stay out of `args`: they change no result, so they must not change the stage key.
-        train(rows, start, directory, resume=True, **args, **run.tracker.trainer_args(f"{cell.arm_name()}/train"))
+        tracking = run.tracker.trainer_args(f"{cell.arm_name()}/train")
+        if cfg.launcher:
+            return {"rows": len(rows), **train_through_launcher(run, cell, start, args, tracking)}
+        train(rows, start, directory, resume=True, **args, **tracking)
         return {"rows": len(rows)}
 
     config = {**args, "train_from": run.config.train_from if not cell.shared else "base"}
+    if cfg.launcher:  # its processes multiply the global batch; absent when unset, so older keys stay valid
+        config["launcher"] = cfg.launcher
     run.stage(f"{cell.arm_name()}/train", config, [f"{cell.arm_name()}/select", *deps], [out], build)
+
+
+def train_through_launcher(run: Run, cell: Cell, start: str, args: dict[str, Any], tracking: dict[str, Any]) -> dict:
+    """Run east.training.worker for the cell under `train.launcher` and check what it wrote; the counts it reports.
+
+    This process keeps the run directory's lock and writes the manifest; the worker's output goes to its log file,
+    named (with its last error line) in the one-line error if it fails."""
+    import shlex
+    import subprocess
+    import sys
+
+    from east.training import worker
+
+    directory = arm_dir(run, cell)
+    io.write_json(worker.spec_path(directory), {"start": start, "args": args,
+                                                "tracking": {k: str(v) if isinstance(v, Path) else v
+                                                             for k, v in tracking.items()}})
+    log = directory / worker.LOG_FILE
+    command = [*shlex.split(run.config.train.launcher), "-m", "east.training.worker", str(run.root), cell.arm_name()]
+    run.log(f"  {shlex.join(command)}  (log: {log})")
+    with open(log, "w") as handle:
+        try:
+            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        except FileNotFoundError:
+            raise UserError(f"train.launcher: {command[0]!r} not found; install it or give its full path "
+                            f"(e.g. {sys.executable} -m accelerate.commands.launch ...)") from None
+    if code != 0:
+        raise UserError(f"arm {cell.arm.label()}: the training worker failed (exit {code}{worker_error(log)}); "
+                        f"see {log}")
+    return launched_counts(cell, directory, log)
+
+
+def worker_error(log: Path) -> str:
+    """': <message>' from the worker log's last "error:" line (a UserError in the worker), else ''."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")]
+    return f": {lines[-1][len('error: '):]}" if lines else ""
+
+
+def launched_counts(cell: Cell, directory: Path, log: Path) -> dict[str, Any]:
+    """What a worker that exited 0 must have written: non-empty weights and its metrics (processes it ran on)."""
+    weights = [p for p in (directory / "model").glob("*.safetensors") if p.stat().st_size > 0]
+    metrics_path = directory / "train_metrics.json"
+    if not weights or not metrics_path.is_file():
+        raise UserError(f"arm {cell.arm.label()}: the training worker exited 0 but wrote no "
+                        f"{'model weights' if not weights else 'train_metrics.json'} in {directory}; see {log}")
+    settings = io.read_json(metrics_path).get("settings", {})
+    return {"processes": settings.get("processes"), "distributed_type": settings.get("distributed_type")}
 
 
 def eval_splits(run: Run) -> list[str]:

@@ -10,6 +10,10 @@ Loads the model and tokenizer from `model_path`, builds TRL's config for the los
 
 Called by the pipeline (one call per self-training iteration) as
 `east.training.train(rows, "path/to/model", "runs/it1/train", loss="dpo", beta=0.01, ...)`.
+
+Under a launcher (`accelerate launch ...`, see east.training.worker) every process calls `train` with the same
+arguments and trains its share of each batch; the weights are gathered whole (DeepSpeed ZeRO-3 shards them), the
+main process alone writes model/ and train_metrics.json, and the others wait for it at a barrier.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +135,7 @@ def train(
         peft_config=lora_config(lora),
         local_weighting=local_weighting,
     )
+    check_distributed(trainer)
     trainer.remove_callback(PrinterCallback)
     point_tensorboard(trainer, Path(logging_dir or out_dir / "tensorboard"))
     checkpoint = last_checkpoint(checkpoints) if resume else None
@@ -137,6 +143,8 @@ def train(
         result = trainer.train(resume_from_checkpoint=checkpoint)
 
     final = save_model(trainer, tokenizer, out_dir / "model", merge=(lora or {}).get("merge", True))
+    if not trainer.accelerator.is_main_process:
+        return final
     write_metrics(
         out_dir / METRICS_FILE,
         trainer,
@@ -150,9 +158,28 @@ def train(
             "gradient_accumulation_steps": gradient_accumulation_steps, "warmup_ratio": warmup_ratio, "beta": beta,
             "max_length": max_length, "seed": seed, "lora": lora, "dtype": str(dtype),
             "lr_scheduler_type": lr_scheduler_type, "gradient_checkpointing": gradient_checkpointing,
+            "processes": trainer.accelerator.num_processes,
+            "distributed_type": str(trainer.accelerator.distributed_type.value),
         },
     )
     return final
+
+
+def check_distributed(trainer) -> None:
+    """Refuse a launcher config that asked for FSDP or DeepSpeed when accelerate did not enable it: accelerate turns
+    FSDP on only for GPU runs and otherwise trains plain DDP without a word (a model that fits no single device then
+    fails much later, or a "sharded" benchmark measures DDP)."""
+    from accelerate.utils import DistributedType
+
+    got = trainer.accelerator.distributed_type
+    for env, wanted, fix in (
+        ("ACCELERATE_USE_FSDP", DistributedType.FSDP, "FSDP needs GPUs; on CPU use configs/accelerate/ddp.yaml or "
+                                                      "zero3.yaml with DS_ACCELERATOR=cpu"),
+        ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, "set DS_ACCELERATOR=cpu on CPU and use_cpu: false"),
+    ):
+        if os.environ.get(env, "false").lower() == "true" and got != wanted:
+            raise UserError(f"the accelerate config asks for {wanted.value} but accelerate runs {got.value} "
+                            f"({env}=true was ignored); {fix}")
 
 
 def trainer_prompts(dataset: Dataset, tokenizer) -> Dataset:
@@ -203,9 +230,33 @@ def last_checkpoint(checkpoints: Path) -> str | None:
 def save_model(trainer, tokenizer, final: Path, merge: bool) -> Path:
     """save_pretrained into a temp dir beside `final`, then swap it in, so `final` is never half written.
 
-    A failed save removes its temp dir (with a real model, gigabytes on a disk that may be full); a
-    safetensors error carrying an OS error (disk full, permission) is raised as that OSError."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    Every process takes part in gathering ZeRO-3's sharded weights whole; the main process alone writes (LoRA is
+    merged there), the others wait at a barrier. A failed save removes its temp dir (with a real model, gigabytes
+    on a disk that may be full); a safetensors error carrying an OS error (disk full, permission) is raised as that
+    OSError."""
+    with whole_parameters(trainer.model):
+        if trainer.accelerator.is_main_process:
+            write_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final, merge)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+@contextmanager
+def whole_parameters(model) -> Iterator[None]:
+    """Under DeepSpeed ZeRO-3 each process holds a shard of every parameter (the module's own tensors are empty):
+    gather them whole on every process for the duration (the full model's memory on each, once, at the end)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        yield
+
+
+def write_model(model, tokenizer, final: Path, merge: bool) -> None:
     if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -220,7 +271,6 @@ def save_model(trainer, tokenizer, final: Path, merge: bool) -> Path:
             raise save_error(exc, tmp / "model.safetensors") from None
         raise
     replace_dir(tmp, final)
-    return final
 
 
 def save_error(exc: BaseException, path: Path) -> Exception:
