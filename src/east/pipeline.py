@@ -567,7 +567,8 @@ def train_through_launcher(run: Run, cell: Cell, start: str, args: dict[str, Any
     run.log(f"  {shlex.join(command)}  (log: {log})")
     with open(log, "w") as handle:
         try:
-            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  preexec_fn=die_with_parent).returncode
         except FileNotFoundError:
             raise UserError(f"train.launcher: {command[0]!r} not found; install it or give its full path "
                             f"(e.g. {sys.executable} -m accelerate.commands.launch ...)") from None
@@ -575,6 +576,18 @@ def train_through_launcher(run: Run, cell: Cell, start: str, args: dict[str, Any
         raise UserError(f"arm {cell.arm.label()}: the training worker failed (exit {code}{worker_error(log)}); "
                         f"see {log}")
     return launched_counts(cell, directory, log)
+
+
+def die_with_parent() -> None:
+    """In the launcher's process before it starts (Linux): SIGTERM it when `east run` dies, even by SIGKILL, so a
+    rerun never trains beside an orphaned worker in the same directory (torchrun passes SIGTERM to its workers)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: an orphaned worker finishes on its own
 
 
 def worker_error(log: Path) -> str:

@@ -120,6 +120,7 @@ def train(
         gradient_checkpointing=gradient_checkpointing,
         activation_checkpointing=gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_backend=cpu_backend(),
         lr_scheduler_type=lr_scheduler_type,
         logging_steps=logging_steps,
         disable_tqdm=True,  # the pipeline prints one line per stage; the loss curve goes to train_metrics.json
@@ -165,6 +166,13 @@ def train(
     return final
 
 
+def cpu_backend() -> str | None:
+    """"gloo" for a multi-process run without GPUs, else None (accelerate's choice). Under DeepSpeed on CPU
+    (DS_ACCELERATOR=cpu) accelerate picks no backend by itself and every process then trains alone as rank 0 of 1."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return "gloo" if launched and not torch.cuda.is_available() else None
+
+
 def check_distributed(trainer) -> None:
     """Refuse a launcher config that asked for FSDP or DeepSpeed when accelerate did not enable it: accelerate turns
     FSDP on only for GPU runs and otherwise trains plain DDP without a word (a model that fits no single device then
@@ -180,6 +188,10 @@ def check_distributed(trainer) -> None:
         if os.environ.get(env, "false").lower() == "true" and got != wanted:
             raise UserError(f"the accelerate config asks for {wanted.value} but accelerate runs {got.value} "
                             f"({env}=true was ignored); {fix}")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != trainer.accelerator.num_processes:
+        raise UserError(f"the launcher started {launched} processes but each trains alone as 1 of "
+                        f"{trainer.accelerator.num_processes} ({got.value}); check the accelerate config's backend")
 
 
 def trainer_prompts(dataset: Dataset, tokenizer) -> Dataset:
