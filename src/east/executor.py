@@ -116,8 +116,8 @@ class SampleShard:
     n: int
     seed: int
 
-    def draw(self, backend: Backend, loaded) -> int:
-        generations = backend.draw(loaded, list(self.prompts), self.n, seed=self.seed)
+    def draw(self, backend: Backend, loaded, progress: bool = False) -> int:
+        generations = backend.draw(loaded, list(self.prompts), self.n, seed=self.seed, progress=progress)
         rows = [g.to_sample_set(q, p).to_dict() for q, p, g in zip(self.question_ids, self.prompts, generations)]
         io.write_parquet(self.path, rows)
         return len(rows)
@@ -140,13 +140,13 @@ class EvalShard:
     max_new_tokens: int
     token_budget: int
 
-    def draw(self, backend: Backend, loaded) -> int:
+    def draw(self, backend: Backend, loaded, progress: bool = False) -> int:
         from east.evaluation import evaluate
         from east.records import Question
 
         def generate(prompts, n, temperature, seed):
             return backend.draw(loaded, prompts, n, seed=seed, temperature=temperature, first_index=self.first_index,
-                                max_new_tokens=self.max_new_tokens, token_budget=self.token_budget)
+                                max_new_tokens=self.max_new_tokens, token_budget=self.token_budget, progress=progress)
 
         rows, _ = evaluate([Question.from_dict(q) for q in self.questions], list(self.prompts), generate,
                            kind=self.kind, k=self.k, k_temperature=self.k_temperature, timeout=self.timeout)
@@ -202,7 +202,7 @@ def unfinished(shards: Iterable, log: Callable[[str], None] = lambda msg: None) 
                 read_shard(shard.path)
                 continue
             except UserError:
-                log(f"[yellow]output damaged: {shard.path}; drawing that shard again[/yellow]")
+                log(f"[yellow]output damaged: {shard.path}; sampling that shard again[/yellow]")
                 shard.path.unlink()
         todo.append(shard)
     return todo
@@ -220,28 +220,44 @@ def merged_rows(shards: Iterable) -> list[dict]:
 class ShardWorker:
     """One replica: loads the backend once (or takes what the caller has loaded) and draws shards."""
 
-    def __init__(self, backend: Backend, loaded: tuple[Any, Any] | None = None):
+    def __init__(self, backend: Backend, loaded: tuple[Any, Any] | None = None, progress: bool = False):
         self.backend = backend
         self.loaded = loaded if loaded is not None else backend.load()
+        self.progress = progress  # a progress bar per shard (in process, on a terminal)
 
     def draw(self, shard) -> tuple[int, int]:
         """(shard index, rows written)."""
-        return shard.index, shard.draw(self.backend, self.loaded)
+        return shard.index, shard.draw(self.backend, self.loaded, self.progress)
 
 
 def draw_shards(shards: Sequence, backend: Backend, *, local_worker: Callable[[], ShardWorker],
-                log: Callable[[str], None] = lambda msg: None) -> None:
+                log: Callable[[str], None] = lambda msg: None, total: int | None = None) -> None:
     """Draw `shards` (those not yet on disk, see `unfinished`) with the executor of backend.sampling.
-    `local_worker` makes the in-process replica (the caller may already hold the model); called only if needed."""
+    `local_worker` makes the in-process replica (the caller may already hold the model); called only if needed.
+    `total`: questions of the whole stage, for the progress lines (default: those of `shards`)."""
     if not shards:
         return
+    progress = Progress(shards, total, log)
     if backend.sampling.executor == "ray":
-        draw_on_ray(shards, backend, log)
+        draw_on_ray(shards, backend, progress)
         return
     worker = local_worker()
-    for done, shard in enumerate(shards, 1):
-        worker.draw(shard)
-        log(f"  shard {shard.index}: {done}/{len(shards)} drawn")
+    for shard in shards:
+        progress.done(*worker.draw(shard))
+
+
+class Progress:
+    """`shard I: K/N questions sampled` as shards finish, K counting the questions of shards already on disk."""
+
+    def __init__(self, shards: Sequence, total: int | None, log: Callable[[str], None]):
+        pending = sum(len(s.prompts) for s in shards)
+        self.total = pending if total is None else total
+        self.count = self.total - pending
+        self.log = log
+
+    def done(self, index: int, rows: int) -> None:
+        self.count += rows
+        self.log(f"  shard {index}: {self.count}/{self.total} questions sampled")
 
 
 def replica_resources(sampling: SamplingConfig) -> dict[str, float]:
@@ -291,7 +307,7 @@ def connect(sampling: SamplingConfig):
     return ray
 
 
-def draw_on_ray(shards: Sequence, backend: Backend, log: Callable[[str], None]) -> None:
+def draw_on_ray(shards: Sequence, backend: Backend, progress: Progress) -> None:
     """data_parallel_size replicas (at most one per shard) as Ray actors; shards handed out as replicas free up."""
     from ray.util import ActorPool
 
@@ -300,11 +316,11 @@ def draw_on_ray(shards: Sequence, backend: Backend, log: Callable[[str], None]) 
     check_fits(resources, ray.cluster_resources())
     replica = ray.remote(**resources)(ShardWorker)
     actors = [replica.remote(backend) for _ in range(min(backend.sampling.data_parallel_size, len(shards)))]
-    log(f"  {len(shards)} shard(s) on {len(actors)} Ray replica(s)")
+    progress.log(f"  {len(shards)} shard(s) on {len(actors)} Ray replica(s)")
     try:
         pool = ActorPool(actors)
-        for done, (index, _) in enumerate(pool.map_unordered(lambda actor, shard: actor.draw.remote(shard), shards), 1):
-            log(f"  shard {index}: {done}/{len(shards)} drawn")
+        for index, rows in pool.map_unordered(lambda actor, shard: actor.draw.remote(shard), shards):
+            progress.done(index, rows)
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, UserError):  # the user's to fix: one line, as in process
