@@ -103,3 +103,13 @@ def test_evaluation_on_ray_equals_one_evaluation_in_process(cluster, material, t
     merged = draw(shards, remote)
     assert [r["response"] for r in merged] == [r["response"] for r in rows]  # greedy, answer for answer
     assert merged == rows and summary_of(merged, 3) == summary
+
+
+def test_a_model_the_replicas_cannot_load_is_a_one_line_error(cluster, tmp_path):
+    from east.errors import UserError
+
+    backend = executor.Backend(SamplingConfig(**RAY), ModelConfig(), str(tmp_path / "no-model"))
+    shards = executor.sample_shards(["q0"], ["p"], size=1, n=1, seed_of=lambda i: i, directory=tmp_path, fingerprint="f")
+    with pytest.raises(UserError, match="could not be loaded") as raised:
+        executor.draw_shards(shards, backend, local_worker=lambda: None)
+    assert "\n" not in str(raised.value) and "Traceback" not in str(raised.value)

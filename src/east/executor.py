@@ -222,11 +222,15 @@ class ShardWorker:
 
     def __init__(self, backend: Backend, loaded: tuple[Any, Any] | None = None, progress: bool = False):
         self.backend = backend
-        self.loaded = loaded if loaded is not None else backend.load()
+        self.loaded = loaded
         self.progress = progress  # a progress bar per shard (in process, on a terminal)
 
     def draw(self, shard) -> tuple[int, int]:
         """(shard index, rows written)."""
+        # Loaded at the first shard, not in __init__: under Ray an error in a method reaches the orchestrator
+        # with its cause (a UserError stays one line); one in an actor's constructor only as "the actor died".
+        if self.loaded is None:
+            self.loaded = self.backend.load()
         return shard.index, shard.draw(self.backend, self.loaded, self.progress)
 
 
