@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/executor.py [--questions 32] [--shard-size 8] [--n 8] [--replicas 2] [--cpus 2]
 
-1. In process (`sampling.executor: local`): load the built-in backbone once, draw every shard.
+1. In process (`sampling.executor: local`), one torch thread (--threads): load the built-in backbone once, draw
+   every shard. One thread, as the replicas have (Ray gives an actor of num_cpus=1 one OpenMP thread), so the
+   comparison favours Ray: its two replicas may use two cores.
 2. Ray (`sampling.executor: ray`): `ray.init(num_cpus=--cpus)`, then data_parallel_size=--replicas actors each
    load the backbone and draw shards; cluster start-up is timed apart from the drawing.
 3. Checks that both wrote the same rows (exit 1 otherwise).
@@ -76,7 +78,9 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in process")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     shards = -(-args.questions // args.shard_size)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"in process; {args.questions} questions x {args.n} samples x <= {args.max_new_tokens} tokens, {shards} shards")
