@@ -127,10 +127,14 @@ def test_replica_resources_and_a_cluster_that_cannot_place_them():
     assert executor.replica_resources(SamplingConfig(backend="vllm", tensor_parallel_size=2)) == {"num_cpus": 1.0,
                                                                                                   "num_gpus": 2.0}
     assert executor.replica_resources(SamplingConfig(ray_num_gpus=0.5, ray_num_cpus=2))["num_gpus"] == 0.5
-    executor.check_fits({"num_cpus": 1.0, "num_gpus": 0.0}, {"CPU": 2.0})
-    with pytest.raises(UserError, match="sampling.ray_num_gpus=2: each replica asks for that many GPUs but the Ray "
-                                        "cluster has 0"):
-        executor.check_fits({"num_cpus": 1.0, "num_gpus": 2.0}, {"CPU": 64.0})
+    executor.check_fits({"num_cpus": 1.0, "num_gpus": 0.0}, [{"CPU": 2.0}])
+    with pytest.raises(UserError, match="sampling.ray_num_gpus=2: each replica asks for that many GPUs but the "
+                                        "largest node of the Ray cluster has 0"):
+        executor.check_fits({"num_cpus": 1.0, "num_gpus": 2.0}, [{"CPU": 64.0}])
+    eight_gpu_nodes = [{"CPU": 64.0, "GPU": 8.0}] * 4
+    executor.check_fits({"num_cpus": 1.0, "num_gpus": 8.0}, eight_gpu_nodes)
+    with pytest.raises(UserError, match="ray_num_gpus=16: .* largest node of the Ray cluster has 8"):
+        executor.check_fits({"num_cpus": 1.0, "num_gpus": 16.0}, eight_gpu_nodes)  # 32 GPUs, but not on one node
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -273,13 +273,19 @@ def replica_resources(sampling: SamplingConfig) -> dict[str, float]:
     return {"num_cpus": sampling.ray_num_cpus, "num_gpus": float(gpus)}
 
 
-def check_fits(resources: dict[str, float], cluster: dict[str, float]) -> None:
-    """Refuse, in one line, a replica the cluster can never place (Ray would wait for it forever)."""
+def check_fits(resources: dict[str, float], nodes: list[dict[str, float]]) -> None:
+    """Refuse, in one line, a replica no node of the cluster can hold (Ray would wait for it forever). `nodes`:
+    each live node's resources ({"CPU": 64.0, "GPU": 8.0, ...})."""
     for key, name, what in (("num_cpus", "CPU", "ray_num_cpus"), ("num_gpus", "GPU", "ray_num_gpus")):
-        if resources[key] > cluster.get(name, 0.0):
-            raise UserError(f"sampling.{what}={resources[key]:g}: each replica asks for that many {name}s but the Ray "
-                            f"cluster has {cluster.get(name, 0.0):g}; lower sampling.{what} or join a cluster that "
-                            "has them (sampling.ray_address)")
+        largest = max((node.get(name, 0.0) for node in nodes), default=0.0)
+        if resources[key] > largest:
+            raise UserError(f"sampling.{what}={resources[key]:g}: each replica asks for that many {name}s but the "
+                            f"largest node of the Ray cluster has {largest:g}; lower sampling.{what} (or "
+                            "tensor_parallel_size) or join a cluster whose nodes have them (sampling.ray_address)")
+
+
+def node_resources(ray) -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
 
 def import_ray():
@@ -317,7 +323,7 @@ def draw_on_ray(shards: Sequence, backend: Backend, progress: Progress) -> None:
 
     ray = connect(backend.sampling)
     resources = replica_resources(backend.sampling)
-    check_fits(resources, ray.cluster_resources())
+    check_fits(resources, node_resources(ray))
     replica = ray.remote(**resources)(ShardWorker)
     actors = [replica.remote(backend) for _ in range(min(backend.sampling.data_parallel_size, len(shards)))]
     progress.log(f"  {len(shards)} shard(s) on {len(actors)} Ray replica(s)")
