@@ -23,7 +23,7 @@ from test_bad_input import error_line
 from east import io, rundir
 from east.cli import app
 from east.config import RunConfig
-from east.pipeline import Run, stage_key
+from east.bookkeeping import Run, stage_key
 
 runner = CliRunner()
 

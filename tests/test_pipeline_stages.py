@@ -5,7 +5,7 @@ import pytest
 from east import io
 from east.config import RunConfig
 from east.errors import UserError
-from east.pipeline import Run, RunLock
+from east.bookkeeping import Run, RunLock
 
 
 def make_run(tmp_path):

@@ -25,195 +25,25 @@ keys of the stages it reads, and its outputs are still what it wrote (size and s
 east.rundir); otherwise it is redone and the reason is printed ("output damaged: PATH" for damage).
 A stage redone after damage hands on a key that changes only if its outputs' bytes changed, so the
 stages after it are redone exactly when what they read is different.
+
+That bookkeeping (manifests, stage keys, the lock, resuming a directory, finished shards) is
+east.bookkeeping; this module holds the stages and the order they run in.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
-import os
-import platform
 import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from east import io, rundir
-from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfig, dump_config, expand_arms
+from east.bookkeeping import (Run, RunLock, check_out_dir, console, finished_shard, prepare_run_dir, shard_seed,
+                              stage_key)
+from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfig, expand_arms
 from east.errors import UserError
 from east.records import GradedSet, Question, QuestionStats, SampleSet
 from east.tracking import Tracker
-
-console = Console(stderr=True, soft_wrap=True)  # a path in a log line stays whole in logs and pipes
-
-
-# ----------------------------------------------------------------------------------------------------
-# Manifests
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    found = {"python": platform.python_version()}
-    for name in ("east-selftrain", "torch", "transformers", "trl", "peft", "datasets", "math-verify"):
-        try:
-            found[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return found
-
-
-def stage_key(config: Any, inputs: dict[str, str]) -> str:
-    blob = json.dumps({"config": config, "inputs": inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@dataclass
-class Run:
-    """A run directory plus the bookkeeping of which stages are done.
-
-    dry=True (east status) runs nothing: `stale` collects why each stage would be redone, and a stage that
-    would be redone hands its readers a key of its own so they show as stale too. full=True checks outputs
-    against their full sha256 instead of size and sampled blocks."""
-
-    config: RunConfig
-    root: Path
-    log: Callable[[str], None] = field(default=lambda msg: console.print(msg, highlight=False))
-    executed: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    tracker: Tracker = field(default_factory=Tracker)  # train.report_to; does nothing by default
-    dry: bool = False
-    full: bool = False
-    stale: dict[str, str] = field(default_factory=dict)
-
-    def manifest_path(self, stage: str) -> Path:
-        return self.root / "manifests" / f"{stage.replace('/', '__')}.json"
-
-    def manifest(self, stage: str) -> dict | None:
-        """The stage's manifest, None if it has not run; rundir.ManifestDamaged if it is garbled."""
-        return rundir.read_manifest(self.manifest_path(stage))
-
-    def key_of(self, stage: str) -> str:
-        if stage in self.stale:
-            return f"stale:{stage}"
-        found = self.manifest(stage)
-        if found is None:
-            raise RuntimeError(f"stage {stage} has not run")
-        return rundir.chain_key(found)
-
-    def stage(
-        self,
-        stage: str,
-        config: Any,
-        inputs: list[str],
-        outputs: list[Path],
-        fn: Callable[[], dict[str, Any] | None],
-    ) -> dict:
-        """Run `fn` unless a manifest says the same stage already produced `outputs` from the same inputs."""
-        input_keys = {name: self.key_of(name) for name in inputs}
-        key = stage_key(config, input_keys)
-        try:
-            old = self.manifest(stage)
-        except rundir.ManifestDamaged as exc:
-            old, reason = None, f"manifest damaged: {exc}"
-        else:
-            reason = self.stale_reason(old, key, config, input_keys, outputs)
-        if reason is None:
-            self.skipped.append(stage)
-            self.log(f"[dim]skip {stage} (done {old['finished_at']})[/dim]")
-            return old
-        if self.dry:
-            self.stale[stage] = reason
-            return old or {}
-        if reason != "not run yet":
-            self.log(f"[yellow]redo {stage}: {reason}[/yellow]")
-        self.log(f"[bold]{stage}[/bold] ...")
-        self.tracker.begin(stage)
-        start = time.time()
-        try:
-            counts = fn() or {}
-        except Exception as exc:
-            exc.add_note(f"in stage {stage}")  # the command line's last-resort message names the stage
-            raise
-        manifest = {
-            "stage": stage,
-            "key": key,
-            "inputs": input_keys,
-            "config": config,
-            "outputs": [str(p.relative_to(self.root)) for p in outputs],
-            "files": rundir.output_records(self.root, outputs),
-            "counts": counts,
-            "seconds": round(time.time() - start, 2),
-            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "versions": versions(),
-        }
-        io.write_json(self.manifest_path(stage), manifest)
-        self.tracker.stage_done(manifest)
-        self.executed.append(stage)
-        return manifest
-
-    def stale_reason(self, old, key, config, input_keys, outputs) -> str | None:
-        if old is None:
-            return "not run yet"
-        missing = [str(p) for p in outputs if not p.exists()]
-        if missing:
-            return f"output missing: {missing[0]}"
-        damaged = rundir.damage(self.root, old.get("files"), full=self.full)
-        if damaged:
-            return f"output damaged: {damaged}"
-        if old["key"] == key:
-            return None
-        changed = [name for name, k in input_keys.items() if old["inputs"].get(name) != k]
-        if changed:
-            return f"input changed: {', '.join(changed)}"
-        return f"config changed: {changed_keys(old['config'], config)}"
-
-
-def changed_keys(old: Any, new: Any, prefix: str = "") -> str:
-    if isinstance(old, dict) and isinstance(new, dict):
-        diffs = []
-        for k in sorted(set(old) | set(new)):
-            if old.get(k) != new.get(k):
-                diffs.append(changed_keys(old.get(k), new.get(k), f"{prefix}{k}."))
-        return ", ".join(diffs) or "(none)"
-    return f"{prefix.rstrip('.')} {old!r} -> {new!r}"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Locking
-
-
-@dataclass
-class RunLock:
-    """An exclusive lock on a run directory; a second `east run` on it refuses instead of corrupting it."""
-
-    root: Path
-    handle: Any = None
-
-    def __enter__(self) -> RunLock:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.root / ".lock", "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.close()
-            raise UserError(
-                f"{self.root} is in use by another east process; wait for it to finish or use another --out"
-            ) from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(f"{os.getpid()}\n")
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -336,10 +166,6 @@ def few_shot_examples(run: Run) -> list[Question]:
     return random.Random(0).sample(pool, k)
 
 
-def shard_seed(seed: int, shard: int) -> int:
-    return int(hashlib.sha256(f"{seed}:{shard}".encode()).hexdigest()[:8], 16)
-
-
 @dataclass(frozen=True)
 class Cell:
     """One (seed, arm, iteration). Iteration 1 of every arm shares the seed's samples of the base model;
@@ -433,19 +259,6 @@ def stage_sample(run: Run, cell: Cell) -> None:
         return {**counts, "skipped_long_prompts": skipped} if skipped else counts
 
     run.stage(f"{cell.samples_name()}/sample", key_config, deps, [out], build)
-
-
-def finished_shard(run: Run, path: Path) -> list[dict] | None:
-    """The rows of a shard written by an earlier run; None if there is none or it is damaged (then it is
-    removed and sampled again). Reading it whole is the check: a Parquet file's footer is its last bytes."""
-    if not path.exists():
-        return None
-    try:
-        return io.read_parquet(path)
-    except UserError:
-        run.log(f"[yellow]output damaged: {path}; sampling that shard again[/yellow]")
-        path.unlink()
-        return None
 
 
 def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, seed: int, temperature: float | None = None,
@@ -787,58 +600,6 @@ def load_model_and_tokenizer(run: Run, path: str):
 # The whole run
 
 STAGES = ("bootstrap", "sample", "grade", "weight", "train", "evaluate", "report")
-
-
-IDENTITY_SECTIONS = ("task", "model")  # what a run directory is *about*; other sections may change and re-run stages
-# How bad rows are handled is not what the directory is about: the errors that name these keys must be fixable in place.
-ROW_HANDLING = {"skip_bad_rows", "max_prompt_tokens"}
-
-
-def check_compatible(saved: Path, config: RunConfig) -> None:
-    """Refuse a run directory made for another task or model."""
-    import yaml
-    from pydantic import ValidationError
-
-    try:
-        old = RunConfig.model_validate(yaml.safe_load(saved.read_text()))
-    except (ValidationError, yaml.YAMLError) as exc:
-        # Damaged, or from another version of east. The manifests still say what each stage ran with, and
-        # the stage keys redo whatever differs, so nothing is mixed up by carrying on.
-        console.print(f"[yellow]{saved} could not be read as a config ({str(exc).splitlines()[0]}); rewritten "
-                      "from the given config, stages are checked against their manifests[/yellow]")
-        return
-    for section in IDENTITY_SECTIONS:
-        before, after = (getattr(c, section).model_dump(mode="json", exclude=ROW_HANDLING) for c in (old, config))
-        if before != after:
-            raise UserError(f"{saved.parent} was created for a different {section} ({changed_keys(before, after)}); "
-                            "use another --out")
-
-
-def prepare_run_dir(config: RunConfig, root: Path) -> Run:
-    root.mkdir(parents=True, exist_ok=True)
-    saved = root / "config.yaml"
-    text = dump_config(config)
-    old = saved_text(saved)
-    if old is not None and old != text:
-        if rundir.config_problem(old) is None:
-            check_compatible(saved, config)
-            console.print(f"[yellow]{saved}: config differs from the saved one; stages it affects will be redone[/yellow]")
-        else:
-            # The manifests still say what every stage was run with, so nothing is lost with it.
-            console.print(f"[yellow]{saved} was damaged ({rundir.config_problem(old)}); rewritten from the given "
-                          "config, stages are checked against their manifests[/yellow]")
-    io.write_text(saved, text)
-    return Run(config=config, root=root)
-
-
-def saved_text(path: Path) -> str | None:
-    """The saved config.yaml's text; None if absent; undecodable bytes come back as replacement characters."""
-    return path.read_bytes().decode("utf-8", errors="replace") if path.exists() else None
-
-
-def check_out_dir(root: Path) -> None:
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--out {root} is a file, not a directory; give --out a new or existing run directory")
 
 
 def run_pipeline(config: RunConfig, root: Path, until: str = "report") -> Run:
