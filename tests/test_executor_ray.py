@@ -1,8 +1,9 @@
 """east.executor on a local Ray cluster (`ray.init(num_cpus=2)`, as on CI's 2 cores): sample shards drawn by Ray
 replicas equal, row for row, the same shards drawn in process; a different seed is told apart (the comparison
-can fail); finished shards are not drawn again; evaluation through Ray equals one in-process evaluation.
+can fail); finished shards are not drawn again; `east run` with sampling.executor=ray writes the same samples and
+evaluation as in process, and resumed in process redoes nothing; a model the replicas cannot load is one line.
 
-Slow (about a minute: the cluster starts in ~6 s and every replica loads the model). Needs
+Slow (a minute or two: the cluster starts in ~6 s and every replica loads the model). Needs
 east-selftrain[distributed]."""
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import pytest
 
 from east import executor
 from east.config import ModelConfig, SamplingConfig, TaskConfig
-from east.evaluation import evaluate, summary_of
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'east-selftrain[distributed]'")
 
@@ -89,20 +89,42 @@ def test_finished_shards_are_not_drawn_again_on_ray(cluster, material, tmp_path)
     assert rows == draw(sample_plan(train, prompts, tmp_path / "whole"), local)
 
 
-def test_evaluation_on_ray_equals_one_evaluation_in_process(cluster, material, tmp_path):
-    path, _, _, test, prompts = material
-    local, remote = backends(path)
-    loaded = local.load()
+def run_config(**sampling):
+    from east.config import RunConfig
 
-    def generate(ps, n, temperature, seed):
-        return local.draw(loaded, ps, n, seed=seed, temperature=temperature, max_new_tokens=48, token_budget=4096)
+    return RunConfig(task={"train_size": 12, "test_size": 10},
+                     sampling={"n": 4, "max_new_tokens": 48, "shard_size": 4, **sampling},
+                     evaluation={"max_new_tokens": 48, "k": 3, "token_budget": 4096})
 
-    rows, summary = evaluate(test, prompts, generate, kind="arith", k=3, k_temperature=1.0)
-    shards = executor.eval_shards([q.to_dict() for q in test], prompts, size=5, directory=tmp_path, fingerprint="f",
-                                  kind="arith", k=3, k_temperature=1.0, timeout=5.0, max_new_tokens=48, token_budget=4096)
-    merged = draw(shards, remote)
-    assert [r["response"] for r in merged] == [r["response"] for r in rows]  # greedy, answer for answer
-    assert merged == rows and summary_of(merged, 3) == summary
+
+def sample_and_evaluate(config, out):
+    """`east run ... until sample`, then the untrained model's evaluation stage, as `east run` would run it."""
+    from east import pipeline
+
+    logged = []
+    pipeline.run_pipeline(config, out, until="sample")
+    with pipeline.RunLock(out):
+        run = pipeline.prepare_run_dir(config, out)
+        run.log = logged.append
+        pipeline.stage_questions(run)
+        pipeline.stage_evaluate(run, "default", pipeline.model_path(run), [], out / "default")
+    return logged
+
+
+def test_east_run_on_ray_equals_east_run_in_process_and_resumes_in_process(cluster, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    sample_and_evaluate(run_config(), local)
+    logged = sample_and_evaluate(run_config(executor="ray", data_parallel_size=2), remote)
+    assert "  3 shard(s) on 2 Ray replica(s)" in logged  # the test split: 10 questions in shards of 4
+    for name in ("seed-0/samples.parquet", "default/eval-test.jsonl", "default/eval-test.json"):
+        assert (remote / name).read_bytes() == (local / name).read_bytes(), name
+    assert len(list((remote / "default/eval-test-shards").glob("shard-*.jsonl"))) == 3
+    assert not (local / "default/eval-test-shards").exists()  # in process, evaluation is one call, as before
+    # Where the shards were drawn is not in the stage keys: the Ray run, resumed in process, is finished.
+    from east import pipeline
+
+    run = pipeline.run_pipeline(run_config(), remote, until="sample")
+    assert run.executed == [] and "seed-0/sample" in run.skipped
 
 
 def test_a_model_the_replicas_cannot_load_is_a_one_line_error(cluster, tmp_path):
