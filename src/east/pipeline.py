@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from east import io, rundir
-from east.bookkeeping import (Run, RunLock, check_out_dir, console, finished_shard, prepare_run_dir, shard_seed,
+from east.bookkeeping import (Run, RunLock, check_out_dir, console, prepare_run_dir, shard_seed,
                               stage_key)
 from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfig, expand_arms
 from east.errors import UserError
