@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The tests also run the distributed paths (Ray, DeepSpeed on CPU): east-selftrain[distributed], not needed by the demo.
+TEST_STAMP := $(VENV)/.installed-distributed
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
@@ -16,16 +18,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test,tracking]"
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[test,tracking,distributed]"
+	touch $(TEST_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/east demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(VENV)/bin/pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) benchmarks/sampling.py
 	$(PY) benchmarks/grading.py
 	$(PY) benchmarks/training.py
+	$(PY) benchmarks/executor.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -297,7 +297,7 @@ def test_truncated_parquet_read_by_a_stage_names_the_file_not_the_arm(copy):
 
 
 def test_out_of_memory_and_unexpected_errors_are_one_line(copy, monkeypatch):
-    from east import pipeline
+    from east import executor
 
     config, out = copy
     (out / "seed-0/samples.parquet").unlink()
@@ -306,7 +306,7 @@ def test_out_of_memory_and_unexpected_errors_are_one_line(copy, monkeypatch):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 1099511627776 bytes")
 
-    monkeypatch.setattr(pipeline, "generate", oom)
+    monkeypatch.setattr(executor.Backend, "draw", oom)
     (out / "seed-0/shards").rename(out / "seed-0/old-shards")
     line = error_line(east("run", config, "--out", out))
     assert "out of memory (in stage seed-0/sample)" in line and "task.max_prompt_tokens" in line
@@ -314,7 +314,7 @@ def test_out_of_memory_and_unexpected_errors_are_one_line(copy, monkeypatch):
     def bug(*args, **kwargs):
         raise KeyError("nope")
 
-    monkeypatch.setattr(pipeline, "generate", bug)
+    monkeypatch.setattr(executor.Backend, "draw", bug)
     line = error_line(east("run", config, "--out", out))
     assert "KeyError: 'nope' (in stage seed-0/sample)" in line and "--verbose" in line
 

@@ -119,3 +119,13 @@ def test_parsing_vllm_request_outputs():
     assert adapter.generations_from_outputs(outputs) == [Generation(["4", "12"], [2, 3], [True, False])]
     params = vllm.SamplingParams(**adapter.build_sampling_params(4, top_k=0, stop=["x"], seed=0))
     assert params.n == 4 and params.stop == ["x"]
+
+
+def test_first_index_gives_a_slice_the_seeds_it_has_in_the_whole(fake_vllm):
+    llm = adapter.load_llm("some/model")
+    adapter.sample(llm, ["a", "b", "c"], n=2, seed=4)
+    whole = [p.seed for p in llm.calls[1]]
+    adapter.sample(llm, ["b", "c"], n=2, seed=4, first_index=1)
+    assert [p.seed for p in llm.calls[1]] == whole[1:]
+    adapter.sample(llm, ["b", "c"], n=2, seed=4)
+    assert [p.seed for p in llm.calls[1]] != whole[1:]  # the control: numbered from 0

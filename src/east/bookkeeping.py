@@ -1,6 +1,7 @@
 """The bookkeeping of a run directory, apart from the stages that fill it (east.pipeline): which stages are
 done (`Run`: manifests, stage keys, the skip-or-redo decision), the lock that keeps a second `east run` out
-(`RunLock`), preparing or resuming a directory (`prepare_run_dir`), and finished sample shards.
+(`RunLock`), preparing or resuming a directory (`prepare_run_dir`), and sample shard seeds (finished shards:
+east.executor).
 
     east run configs/demo.yaml --out runs/demo      # east.pipeline.run_pipeline drives this module
     east status runs/demo                           # the same decisions, dry (Run.dry)
@@ -259,16 +260,3 @@ def check_out_dir(root: Path) -> None:
 
 def shard_seed(seed: int, shard: int) -> int:
     return int(hashlib.sha256(f"{seed}:{shard}".encode()).hexdigest()[:8], 16)
-
-
-def finished_shard(run: Run, path: Path) -> list[dict] | None:
-    """The rows of a shard written by an earlier run; None if there is none or it is damaged (then it is
-    removed and sampled again). Reading it whole is the check: a Parquet file's footer is its last bytes."""
-    if not path.exists():
-        return None
-    try:
-        return io.read_parquet(path)
-    except UserError:
-        run.log(f"[yellow]output damaged: {path}; sampling that shard again[/yellow]")
-        path.unlink()
-        return None

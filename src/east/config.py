@@ -74,6 +74,10 @@ class PromptConfig(Section):
     few_shot: int = Field(0, ge=0, description="Worked examples from the labelled split put before each question.")
 
 
+# Where sampling runs, not what it draws (SamplingConfig.key_dump leaves them out of stage keys).
+PLACEMENT_KEYS = {"executor", "data_parallel_size", "ray_address", "ray_num_cpus", "ray_num_gpus"}
+
+
 class SamplingConfig(Section):
     backend: Literal["hf", "vllm"] = "hf"
     n: int = Field(16, ge=1, description="Samples per training question (paper: 128).")
@@ -85,8 +89,30 @@ class SamplingConfig(Section):
     token_budget: int = Field(65536, ge=64, description="Tokens held in the KV cache at once (sets the batch).")
     stop: list[str] = Field(default_factory=list, description="Stop strings (EOS always stops).")
     shard_size: int = Field(64, ge=1, description="Questions per shard written to disk (resume granularity).")
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm only.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm only: GPUs each vLLM engine spans.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm only.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where sample and evaluation shards run: in this process, or on Ray actors "
+        "(east.executor; needs east-selftrain[distributed]). The samples are the same either way.")
+    data_parallel_size: int = Field(1, ge=1, description="executor ray: replicas of the sampler (Ray actors), each "
+                                    "loading the model once and drawing whole shards.")
+    ray_address: str | None = Field(None, description="executor ray: the cluster to join ('auto': the one `ray start` "
+                                    "made on this node; None: start a local one).")
+    ray_num_cpus: float = Field(1.0, gt=0, description="executor ray: CPUs each replica reserves.")
+    ray_num_gpus: float | None = Field(None, ge=0, description="executor ray: GPUs each replica reserves (None: "
+                                       "tensor_parallel_size for vllm, 0 for hf).")
+
+    @model_validator(mode="after")
+    def _replicas_need_ray(self) -> SamplingConfig:
+        if self.data_parallel_size > 1 and self.executor != "ray":
+            raise ValueError(f"sampling.data_parallel_size={self.data_parallel_size} runs that many Ray replicas; set "
+                             "sampling.executor=ray (with east-selftrain[distributed]) or data_parallel_size=1")
+        return self
+
+    def key_dump(self) -> dict[str, Any]:
+        """The settings that determine the samples, for stage keys: where and on how many replicas they are drawn
+        does not change them, so a run resumed in process, or on another cluster, keeps its finished stages."""
+        return self.model_dump(mode="json", exclude=PLACEMENT_KEYS)
 
 
 class GradingConfig(Section):

@@ -99,15 +99,25 @@ def add_sampled_metrics(rows, summary, questions, prompts, generate, kind, k, te
     responses = [text for g in sampled for text in g.texts]
     golds = [q.gold for q, g in zip(questions, sampled) for _ in g.texts]
     grades = iter(grade(responses, golds, kind, timeout=timeout))
-    pass_scores, maj_scores = [], []
     for row, g in zip(rows, sampled):
         verdicts = [next(grades) for _ in g.texts]
         correct = [v.correct for v in verdicts]
         row[f"pass@{k}"] = pass_at_k(len(correct), sum(correct), k)
         row[f"maj@{k}"] = majority_correct([v.key for v in verdicts], correct)
         row["sample_accuracy"] = sum(correct) / len(correct)
-        pass_scores.append(row[f"pass@{k}"])
-        maj_scores.append(row[f"maj@{k}"])
-    summary[f"pass@{k}"] = sum(pass_scores) / len(pass_scores)
-    summary[f"maj@{k}"] = sum(maj_scores) / len(maj_scores)
-    summary["sample_accuracy"] = sum(r["sample_accuracy"] for r in rows) / len(rows)
+    summary.update(sampled_summary(rows, k))
+
+
+def sampled_summary(rows: list[dict[str, Any]], k: int) -> dict[str, float]:
+    """pass@k, maj@k and sample accuracy averaged over rows that carry them."""
+    return {f"pass@{k}": sum(r[f"pass@{k}"] for r in rows) / len(rows),
+            f"maj@{k}": sum(r[f"maj@{k}"] for r in rows) / len(rows),
+            "sample_accuracy": sum(r["sample_accuracy"] for r in rows) / len(rows)}
+
+
+def summary_of(rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    """The summary `evaluate` gives, from its per-question rows (east.executor merges evaluation shards so)."""
+    summary = summarise_rows(rows)
+    if k > 0:
+        summary.update(sampled_summary(rows, k))
+    return summary

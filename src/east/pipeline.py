@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from east import io, rundir
-from east.bookkeeping import (Run, RunLock, check_out_dir, console, finished_shard, prepare_run_dir, shard_seed,
+from east.bookkeeping import (Run, RunLock, check_out_dir, console, prepare_run_dir, shard_seed,
                               stage_key)
 from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfig, expand_arms
 from east.errors import UserError
@@ -222,37 +222,28 @@ def stage_sample(run: Run, cell: Cell) -> None:
     out = samples_dir(run, cell) / "samples.parquet"
     shard_dir = out.parent / "shards"
     source, deps = policy(run, cell)
-    key_config = {"sampling": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
+    key_config = {"sampling": cfg.key_dump(), "prompt": run.config.prompt.model_dump(mode="json"),
                   "model": run.config.model.model_dump(mode="json"), "seed": cell.seed, "iteration": cell.iteration,
                   **prompt_limit_key(run)}
     deps = ["questions", *deps]
 
     def build():
+        from east import executor
+
         questions = read_questions(questions_path(run, "train"))
-        model, tokenizer = load_model_and_tokenizer(run, source)
+        backend = sampler(run, source)
+        model, tokenizer = loaded_for_prompts(run, backend)
         questions, prompts, skipped = fitting_prompts(run, model, tokenizer, questions,
                                                       prompts_for(run, tokenizer, questions), "train")
-        shard_dir.mkdir(parents=True, exist_ok=True)
         # Shards carry the fingerprint of everything that determines them, so a changed setting never
-        # reuses a stale shard, and a resumed run keeps exactly the shards it finished.
+        # reuses a stale shard, and a resumed run keeps exactly the shards it finished (east.executor).
         fingerprint = stage_key(key_config, {d: run.key_of(d) for d in deps})
-        stale = [p for p in shard_dir.glob("shard-*.parquet") if not p.name.endswith(f"-{fingerprint}.parquet")]
-        for path in stale:
-            path.unlink()
-        rows = []
-        for index, start in enumerate(range(0, len(questions), cfg.shard_size)):
-            shard_path = shard_dir / f"shard-{index:05d}-{fingerprint}.parquet"
-            finished = finished_shard(run, shard_path)
-            if finished is not None:
-                rows.extend(finished)
-                continue
-            batch = questions[start : start + cfg.shard_size]
-            generations = generate(run, model, tokenizer, prompts[start : start + cfg.shard_size], cfg.n,
-                                   seed=cell.draw_seed(index))
-            shard_rows = [g.to_sample_set(q.question_id, p).to_dict() for q, p, g in zip(batch, prompts[start:], generations)]
-            io.write_parquet(shard_path, shard_rows)
-            rows.extend(shard_rows)
-            run.log(f"  shard {index}: {len(rows)}/{len(questions)} questions sampled")
+        executor.remove_stale(shard_dir, fingerprint)
+        shards = executor.sample_shards([q.question_id for q in questions], prompts, size=cfg.shard_size, n=cfg.n,
+                                        seed_of=cell.draw_seed, directory=shard_dir, fingerprint=fingerprint)
+        executor.draw_shards(executor.unfinished(shards, run.log), backend, log=run.log, total=len(questions),
+                             local_worker=lambda: executor.ShardWorker(backend, (model, tokenizer), console.is_terminal))
+        rows = executor.merged_rows(shards)
         io.write_parquet(out, rows)
         tokens = sum(sum(r["num_tokens"]) for r in rows)
         counts = {"questions": len(rows), "samples": sum(len(r["responses"]) for r in rows), "tokens": tokens}
@@ -263,21 +254,23 @@ def stage_sample(run: Run, cell: Cell) -> None:
 
 def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, seed: int, temperature: float | None = None,
              max_new_tokens: int | None = None, token_budget: int | None = None):
-    """n samples per prompt with the configured backend; settings not given come from the sampling section."""
-    cfg = run.config.sampling
-    temperature = cfg.temperature if temperature is None else temperature
-    max_new_tokens = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
-    token_budget = cfg.token_budget if token_budget is None else token_budget
-    if cfg.backend == "vllm":
-        from east.sampling import vllm
+    """n samples per prompt with the configured backend, in this process; settings not given come from the
+    sampling section."""
+    return sampler(run, "").draw((model, tokenizer), prompts, n, seed=seed, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, token_budget=token_budget, progress=console.is_terminal)
 
-        return vllm.sample(model, prompts, n, temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                           max_new_tokens=max_new_tokens, seed=seed, stop=cfg.stop or None, progress=console.is_terminal)
-    from east.sampling.hf import sample
 
-    return sample(model, tokenizer, prompts, n, temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                  max_new_tokens=max_new_tokens, seed=seed, stop=cfg.stop or None, token_budget=token_budget,
-                  progress=console.is_terminal)
+def sampler(run: Run, path: str):
+    """The configured backend for the model at `path`, as east.executor's replicas load it."""
+    from east.executor import Backend
+
+    return Backend(run.config.sampling, run.config.model, path)
+
+
+def loaded_for_prompts(run: Run, backend) -> tuple[Any, Any]:
+    """In process: the model (it draws here too) and its tokenizer. Under Ray the replicas hold the model; the
+    orchestrator needs only the tokenizer and the model's context length to render and check prompts."""
+    return backend.load_for_prompts() if run.config.sampling.executor == "ray" else backend.load()
 
 
 def grade_sets(run: Run, sample_sets: list[SampleSet], golds: dict[str, str]) -> tuple[list[GradedSet], dict]:
@@ -366,7 +359,7 @@ def stage_augment(run: Run, cell: Cell) -> None:
         io.write_json(levels_out, {"levels": levels, "histogram": dast.level_histogram(levels), "report": report})
         return {"histogram": dast.level_histogram(levels), "report": report}
 
-    config = {"dast": cfg.model_dump(mode="json"), "data": data, "sampling": run.config.sampling.model_dump(mode="json"),
+    config = {"dast": cfg.model_dump(mode="json"), "data": data, "sampling": run.config.sampling.key_dump(),
               "seed": cell.seed, "iteration": cell.iteration}
     run.stage(augmented_name(cell, data), config, [f"{cell.samples_name()}/grade", "questions", *deps], [out, levels_out], build)
 
@@ -618,47 +611,58 @@ def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], dir
     for split in eval_splits(run):
         rows_path = directory / f"eval-{split}.jsonl"
         summary_path = directory / f"eval-{split}.json"
+        config = {"evaluation": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
+                  "split": split, "kind": run.config.grading_kind(), **prompt_limit_key(run)}
 
-        def build(split=split, rows_path=rows_path, summary_path=summary_path):
+        def build(split=split, rows_path=rows_path, summary_path=summary_path, config=config):
             questions = read_questions(questions_path(run, split))
-            model, tokenizer = load_model_and_tokenizer(run, path_of_model)
+            backend = sampler(run, path_of_model)
+            model, tokenizer = loaded_for_prompts(run, backend)
             questions, prompts, skipped = fitting_prompts(run, model, tokenizer, questions,
                                                           prompts_for(run, tokenizer, questions), split)
-            rows, summary = evaluate(
+            if run.config.sampling.executor == "ray":
+                fingerprint = stage_key(config, {d: run.key_of(d) for d in deps + ["questions"]})
+                rows, summary = sharded_evaluation(run, backend, questions, prompts,
+                                                   directory / f"eval-{split}-shards", fingerprint)
+            else:
+                rows, summary = evaluate(
                 questions, prompts,
-                lambda ps, n, temperature, seed: generate(run, model, tokenizer, ps, n, temperature=temperature,
-                                                          seed=seed, max_new_tokens=cfg.max_new_tokens,
-                                                          token_budget=cfg.token_budget),
-                kind=run.config.grading_kind(), k=cfg.k, k_temperature=cfg.temperature,
-                timeout=run.config.grading.timeout,
-            )
+                    lambda ps, n, temperature, seed: generate(run, model, tokenizer, ps, n, temperature=temperature,
+                                                              seed=seed, max_new_tokens=cfg.max_new_tokens,
+                                                              token_budget=cfg.token_budget),
+                    kind=run.config.grading_kind(), k=cfg.k, k_temperature=cfg.temperature,
+                    timeout=run.config.grading.timeout,
+                )
             if skipped:
                 summary["skipped_long_prompts"] = skipped
             io.write_jsonl(rows_path, rows)
             io.write_json(summary_path, summary)
             return summary
 
-        config = {"evaluation": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
-                  "split": split, "kind": run.config.grading_kind(), **prompt_limit_key(run)}
         run.stage(f"{name}/evaluate-{split}", config, deps + ["questions"], [rows_path, summary_path], build)
+
+
+def sharded_evaluation(run: Run, backend, questions: list[Question], prompts: list[str], shard_dir: Path,
+                       fingerprint: str) -> tuple[list[dict], dict]:
+    """`evaluate`'s rows and summary, drawn in shards by the executor's replicas (finished shards kept)."""
+    from east import executor
+    from east.evaluation import summary_of
+
+    cfg = run.config.evaluation
+    executor.remove_stale(shard_dir, fingerprint)
+    shards = executor.eval_shards([q.to_dict() for q in questions], prompts, size=run.config.sampling.shard_size,
+                                  directory=shard_dir, fingerprint=fingerprint, kind=run.config.grading_kind(), k=cfg.k,
+                                  k_temperature=cfg.temperature, timeout=run.config.grading.timeout,
+                                  max_new_tokens=cfg.max_new_tokens, token_budget=cfg.token_budget)
+    executor.draw_shards(executor.unfinished(shards, run.log), backend, log=run.log, total=len(questions),
+                         local_worker=lambda: executor.ShardWorker(backend))
+    rows = executor.merged_rows(shards)
+    return rows, summary_of(rows, cfg.k)
 
 
 def load_model_and_tokenizer(run: Run, path: str):
     """The sampling model: an HF model, or for backend vllm a `vllm.LLM` (with its tokenizer for prompts)."""
-    model_cfg, sampling = run.config.model, run.config.sampling
-    if sampling.backend == "vllm":
-        from east.sampling.vllm import load_llm
-
-        try:
-            llm = load_llm(path, tensor_parallel_size=sampling.tensor_parallel_size,
-                           gpu_memory_utilization=sampling.gpu_memory_utilization, seed=sampling.seed,
-                           trust_remote_code=model_cfg.trust_remote_code)
-        except ImportError as exc:
-            raise UserError(f"sampling.backend=vllm: {exc}; pip install 'east-selftrain[vllm]' on a GPU machine") from None
-        return llm, llm.get_tokenizer()
-    from east.models import load_model_and_tokenizer as load
-
-    return load(path, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
+    return sampler(run, path).load()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -672,6 +676,9 @@ def run_pipeline(config: RunConfig, root: Path, until: str = "report") -> Run:
     if until not in STAGES:
         raise UserError(f"unknown stage {until!r}; one of {', '.join(STAGES)}")
     check_out_dir(root)
+    from east.executor import check_available
+
+    check_available(config.sampling)  # sampling.executor=ray without Ray: now, not after the first stages
     with RunLock(root), Tracker.open(config, root) as tracker:
         removed = rundir.remove_dead_temporaries(root)
         if removed:

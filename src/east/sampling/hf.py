@@ -80,6 +80,7 @@ class Settings:
     max_new_tokens: int
     seed: int
     stop: tuple[str, ...]
+    first_index: int = 0  # the prompt index (in the random draws) of prompts[0]
 
 
 def sample(
@@ -98,6 +99,7 @@ def sample(
     progress: bool = False,
     on_done: OnDone | None = None,
     onednn: bool = True,
+    first_index: int = 0,
 ) -> list[Generation]:
     """n samples for each prompt, in prompt order. `on_done(i, generation)` fires as prompt i completes.
 
@@ -106,9 +108,11 @@ def sample(
     rows x (longest prompt + max_new_tokens), which sets how many samples decode at once; the KV cache
     takes at most about token_budget x layers x 2 x kv_dim x 4 bytes (fp32). The same seed gives the
     same samples whatever the budget. `onednn` runs the model's fp32 linear layers through oneDNN
-    (`east.sampling.onednn`; False: torch's default matmul, equal up to rounding).
+    (`east.sampling.onednn`; False: torch's default matmul, equal up to rounding). `first_index` numbers the
+    prompts from there in the random draws, so a slice `prompts[a:b]` sampled with first_index=a draws what the
+    whole list would for those prompts (east.executor splits evaluation that way).
     """
-    settings = checked_settings(n, temperature, top_p, top_k, max_new_tokens, seed, stop, token_budget)
+    settings = checked_settings(n, temperature, top_p, top_k, max_new_tokens, seed, stop, token_budget, first_index)
     if model.device.type != "cpu":
         # This sampler's cache management is tuned for CPU; on accelerators, generate() (or vLLM).
         from east.sampling import generate
@@ -143,7 +147,7 @@ def sample(
     return results.generations()
 
 
-def checked_settings(n, temperature, top_p, top_k, max_new_tokens, seed, stop, token_budget) -> Settings:
+def checked_settings(n, temperature, top_p, top_k, max_new_tokens, seed, stop, token_budget, first_index=0) -> Settings:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if temperature < 0:
@@ -157,7 +161,7 @@ def checked_settings(n, temperature, top_p, top_k, max_new_tokens, seed, stop, t
     if token_budget < 1:
         raise ValueError(f"token_budget must be >= 1, got {token_budget}")
     return Settings(n, float(temperature), float(top_p), int(top_k), int(max_new_tokens), int(seed),
-                    tuple(s for s in (stop or ()) if s))
+                    tuple(s for s in (stop or ()) if s), int(first_index))
 
 
 def eos_token_ids(model) -> list[int]:
@@ -589,7 +593,7 @@ class SlotBatcher:
         self.active[slots] = True
         self.prompt_of[slots] = prompt_index
         self.sample_of[slots] = sample_index
-        self.keys[slots] = row_keys(self.settings.seed, prompt_index, sample_index)
+        self.keys[slots] = row_keys(self.settings.seed, prompt_index + self.settings.first_index, sample_index)
         self.generated[slots] = 0
         # The first token of every sample comes from its prompt's prefill logits; a partly admitted
         # prompt keeps its logits until its last sample is admitted.
@@ -836,7 +840,7 @@ def run_padded_batch(model, prompt_ids, batch: list[int], settings: Settings, re
     position = position_ids[:, -1].repeat_interleave(n) + 1
     prompt_index = torch.tensor(batch).repeat_interleave(n)
     sample_index = torch.arange(n).repeat(len(batch))
-    keys = row_keys(settings.seed, prompt_index, sample_index)
+    keys = row_keys(settings.seed, prompt_index + settings.first_index, sample_index)
     tokens = torch.zeros(len(keys), settings.max_new_tokens, dtype=torch.int64)
     live = torch.arange(len(keys))  # batch row -> original row
     for g in range(settings.max_new_tokens):

@@ -5,6 +5,10 @@
     gens = sample(llm, prompts, n=128, temperature=1.0, max_new_tokens=1024, seed=0,
                   lora_path="runs/x/adapter")          # a PEFT adapter, served without merging
 
+Parallelism: `tensor_parallel_size` (sampling.tensor_parallel_size) splits one engine over that many GPUs;
+sampling.data_parallel_size is not an engine argument here but the number of engines, each a Ray actor drawing
+whole shards (east.executor), since shards are the unit that is already reproducible and resumable.
+
 vLLM is imported only inside the functions that need it, so this module imports (and its parsing is
 tested) on machines without vLLM. `build_sampling_params` and `generations_from_outputs` are the pure
 parts: arguments -> SamplingParams keyword arguments, and RequestOutputs -> Generations.
@@ -114,13 +118,16 @@ def sample(
     stop: list[str] | None = None,
     lora_path: str | None = None,
     progress: bool = False,
+    first_index: int = 0,
 ) -> list[Generation]:
-    """n samples per prompt with a loaded `vllm.LLM`; prompts are already-templated strings."""
+    """n samples per prompt with a loaded `vllm.LLM`; prompts are already-templated strings. `first_index` is
+    the index of prompts[0] in the per-prompt seeds, so a slice drawn alone gets the seeds it has in the whole."""
     vllm = import_vllm()
     # One seed per prompt: with a single seed every request would replay the same random stream.
     params = [
         vllm.SamplingParams(**build_sampling_params(n, temperature=temperature, top_p=top_p, top_k=top_k,
-                                                    max_new_tokens=max_new_tokens, seed=prompt_seed(seed, i), stop=stop))
+                                                    max_new_tokens=max_new_tokens, seed=prompt_seed(seed, first_index + i),
+                                                    stop=stop))
         for i in range(len(prompts))
     ]
     # Prompts carry their special tokens as text already: tokenizing must not add a BOS again.
