@@ -7,9 +7,11 @@
 Both runs use table1's task, backbone, sampling, grading, filter and training settings, reduced to one
 seed, the vanilla SFT arm and the SFT + EAST arm (a = 1), and --train-size / --test-size questions, each
 in a fresh run directory, in this one process, with --threads torch threads:
-- "fp32 path": precision fp32, sampling.gemm onednn, no length grouping (what east did before issue 15);
+- "fp32 path": precision fp32, sampling.gemm onednn, no length grouping (the defaults on CPU: what east did
+  before issue 15);
 - "fast path": precision auto, sampling.gemm auto, train.group_by_length true (precision auto is fp32 on a
-  CPU without native bf16, so there the fast path differs from the fp32 path by the other two only).
+  CPU without native bf16, so there the fast path differs from the fp32 path by the other two only; bf16 on
+  one with avx512_bf16 or AMX).
 
 Each stage is timed around the pipeline's own stage call; --clock cpu (the default) counts the CPU time of
 this process and of the child processes that ended (grading workers), so other jobs on a shared machine

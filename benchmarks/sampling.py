@@ -31,7 +31,8 @@ default matmul and oneDNN's on a 2048^2 product, the bf16 peak torch's bf16 matm
 CPU without AMX or avx512_bf16 that is emulated and slow); the share counts 2 x parameters FLOPs per generated token
 ("effective") and per row it actually ran through the model ("actual": samples of a prompt that drew
 the same tokens so far share one row, a branch, so a trained model computes fewer rows than it
-generates tokens). A line per dtype gives its geometric-mean speedup over the cases; the last line the
+generates tokens), and with the prefill's products as well ("with its prefill": every product the model
+ran, so the gap to 100% is time outside the weight matmuls). A line per dtype gives its geometric-mean speedup over the cases; the last line the
 geometric mean over every case in every dtype.
 """
 
@@ -213,6 +214,7 @@ class Run:
     samples: int
     peak_mb: float
     rows: int = 0  # rows run through the model while decoding (ours: branches), 0 if not counted
+    prompt_tokens: int = 0  # tokens prefilled (ours: each prompt once)
 
     @property
     def tokens_per_s(self) -> float:
@@ -253,7 +255,8 @@ def run_generate(model, tokenizer, prompts: list[str], case: Case) -> Run:
 
 
 def run_ours(model, tokenizer, prompts: list[str], case: Case, gemm: str = "onednn") -> Run:
-    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    longest = max(len(ids) for ids in prompt_ids)
     budget = case.rows * (longest + case.max_new_tokens)  # exactly case.rows slots
     with PeakRss() as memory, counting_branches() as rows:
         start = now()
@@ -262,7 +265,7 @@ def run_ours(model, tokenizer, prompts: list[str], case: Case, gemm: str = "oned
         seconds = now() - start
     # Every sample's first token comes from its prompt's prefill, not from a decode row.
     return Run(seconds, sum(sum(g.num_tokens) for g in gens), sum(len(g.texts) for g in gens), memory.mb,
-               rows[0] + len(prompts))
+               rows[0] + len(prompts), sum(len(ids) for ids in prompt_ids))
 
 
 @contextmanager
@@ -285,7 +288,7 @@ def counting_branches():
 def fastest(runs: list[Run]) -> Run:
     """The run with the highest tokens/s, reporting the highest peak memory of all runs."""
     best = max(runs, key=lambda r: r.tokens_per_s)
-    return Run(best.seconds, best.tokens, best.samples, max(r.peak_mb for r in runs), best.rows)
+    return Run(best.seconds, best.tokens, best.samples, max(r.peak_mb for r in runs), best.rows, best.prompt_tokens)
 
 
 def matmul_flops(size: int = 2048, repeats: int = 8, dtype: torch.dtype = torch.float32) -> dict[str, float]:
@@ -363,6 +366,9 @@ def main() -> None:
             speedups[name].append(speedup)
             share = 2 * params * ours.tokens_per_s / peaks[name]
             actual = share * ours.rows / ours.tokens
+            # Every product the model ran: decode rows and each prompt's prefill (the last prompt position
+            # gives the first token, so it is counted once, in the prompt tokens).
+            busy = share * (ours.rows - case.prompts + ours.prompt_tokens) / ours.tokens
             print(f"\n[{case.name}, {name}] {params / 1e6:.2f}M params, {case.prompts} prompts x n={case.n}, "
                   f"{case.rows} samples in flight, max_new_tokens={case.max_new_tokens}")
             for label, run in best.items():
@@ -373,7 +379,8 @@ def main() -> None:
                 sampler_only.append(best["  torch matmul"].tokens_per_s / base.tokens_per_s)
                 extra = f" ({sampler_only[-1]:.2f}x with torch matmul; sampling.gemm auto chooses {resolve_gemm(model, 'auto')})"
             print(f"  speedup {speedup:.2f}x{extra}; east sample reaches {100 * share:.1f}% of {name} matmul peak "
-                  f"effective, {100 * actual:.1f}% actual ({ours.rows} rows computed for {ours.tokens} tokens)")
+                  f"effective, {100 * actual:.1f}% actual ({ours.rows} rows computed for {ours.tokens} tokens), "
+                  f"{100 * busy:.1f}% with its prefill ({ours.prompt_tokens} prompt tokens)")
             del model
     geomean = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
     print()

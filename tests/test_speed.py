@@ -61,9 +61,9 @@ def test_precision_contradicting_model_dtype_is_refused():
 
 
 def test_defaults_keep_the_stage_keys_of_runs_made_before(tmp_path, monkeypatch):
-    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx2"})
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx512_bf16"})  # auto would be bf16 here
     run = pipeline.Run(config=RunConfig(), root=tmp_path)
-    assert RunConfig().sampling.gemm == "onednn" and RunConfig().precision == "auto"
+    assert RunConfig().sampling.gemm == "onednn" and RunConfig().precision == "default"
     assert "gemm" not in pipeline.sampling_key(run)
     assert pipeline.precision_key(run) == {} and pipeline.gemm_key(run) == {} and pipeline.train_speed_args(run) == {}
     fast = pipeline.Run(config=load_config(None, ["sampling.gemm=auto", "precision=bf16", "train.group_by_length=true"]),
@@ -95,6 +95,7 @@ def test_auto_is_bf16_only_on_a_cpu_with_native_bf16(flags, expected, monkeypatc
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: flags)
     assert precision.resolve_precision("auto") == expected
     assert precision.resolve_precision("fp32") == "fp32" and precision.resolve_precision("bf16") == "bf16"
+    assert precision.resolve_precision("default") == "fp32"  # as before the setting, whatever the CPU
 
 
 @pytest.mark.parametrize("bf16_supported, expected", [(True, "bf16"), (False, "fp32")])
@@ -103,7 +104,7 @@ def test_auto_on_cuda_follows_the_device(bf16_supported, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"amx_bf16"})  # the device decides, not the CPU
     assert precision.resolve_precision("auto") == expected
-    assert precision.previous_default() == expected
+    assert precision.resolve_precision("default") == precision.previous_default() == expected
 
 
 def test_unknown_precision_is_refused():

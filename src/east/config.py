@@ -232,10 +232,10 @@ class RunConfig(Section):
     dast: DastConfig = Field(default_factory=DastConfig, description="DAST settings, used by arms with data dast_p / dast_l.")
     arms: list[ArmConfig] = Field(default_factory=default_arms)
     # Speed settings (issue 15). Neither changes a result in fp32; bf16 does (within the numerics docs/ report).
-    precision: Literal["fp32", "bf16", "auto"] = Field(
-        "auto", description="Compute precision (east.precision): fp32; bf16 (sampling in bf16, training with bf16 "
-        "autocast over fp32 weights); auto: bf16 where the hardware has it natively (CUDA bf16, a CPU with AMX or "
-        "avx512_bf16), else fp32.")
+    precision: Literal["default", "fp32", "bf16", "auto"] = Field(
+        "default", description="Compute precision (east.precision): default (as before the key existed: bf16 on a "
+        "CUDA device with bf16, else fp32); fp32; bf16 (sampling in bf16, training with bf16 autocast over fp32 "
+        "weights); auto: bf16 where the hardware has it natively (CUDA bf16, a CPU with AMX or avx512_bf16), else fp32.")
     threads: int | None = Field(None, ge=1, description="torch threads (torch.set_num_threads) for the run; None: "
                                 "torch's default. On a shared machine, at most the cores this run may use.")
 
@@ -281,7 +281,7 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _precision_matches_dtype(self) -> RunConfig:
         named = {"float32": "fp32", "bfloat16": "bf16"}.get(self.model.dtype)
-        if named and self.precision != "auto" and named != self.precision:
+        if named and self.precision in ("fp32", "bf16") and named != self.precision:
             raise ValueError(f"model.dtype {self.model.dtype} and precision {self.precision} disagree; set "
                              "model.dtype: auto (precision then decides) or make them match")
         return self
