@@ -1,8 +1,8 @@
 """Sampling throughput: HF `generate(num_return_sequences=n, do_sample=True)` vs `east.sampling.hf.sample`.
 
-    .venv/bin/python benchmarks/sampling.py            # about 5 minutes on one CPU core
+    .venv/bin/python benchmarks/sampling.py            # about 10 minutes on one CPU core
     .venv/bin/python benchmarks/sampling.py --quick    # smaller cases, for a smoke run
-    .venv/bin/python benchmarks/sampling.py --threads 2
+    .venv/bin/python benchmarks/sampling.py --threads 2 --dtypes fp32 --clock wall
 
 Both run in this one process on identical prompts and settings (temperature 1, top_k 0, top_p 1), over
 four cases: a backbone-sized Llama (~1M parameters) and a ~30M-parameter Llama, each with EOS (ragged
@@ -11,20 +11,29 @@ configs name no EOS, so every sample runs to max_new_tokens). The backbone is th
 checkpoint where the tree has one (its EOS case has the real lengths of arith answers); otherwise
 weights are random, which matters only through the lengths they produce, set by the EOS bias.
 
-Our sampler runs the model's fp32 linear layers through oneDNN (`east.sampling.onednn`), while torch's
-default matmul, which HF generate uses, calls MKL, which on AMD processors runs no faster than with its
-instructions capped at AVX2. So that the
-two sources of speed can be told apart, each case also runs our sampler with torch's default matmul
-(`onednn=False`) and prints that speedup too; the headline is our sampler as it ships.
+Each case runs in each of --dtypes (fp32, bf16), both sides in the same dtype so the ratio is fair: in
+bf16 the model's weights are bfloat16 (precision: bf16), and both sample from fp32 logits.
+In fp32 our sampler runs the model's linear layers through oneDNN (`east.sampling.onednn`, the default
+`sampling.gemm: onednn`), while HF generate uses torch's default matmul. So that the two sources of speed
+can be told apart, each fp32 case also runs our sampler with torch's default matmul (`gemm="torch"`) and
+prints that speedup too, and what `sampling.gemm: auto` chooses for the model here; the headline is our
+sampler as it ships.
+
+--clock cpu (the default) times each run in CPU time of this process (time.process_time), so that other
+jobs on a shared machine change the numbers little (with --threads 1 it is the work done; with more
+threads it also counts their spinning); --clock wall in elapsed time.
 
 Each is run --repeats times, alternating, and its fastest run counts. Per case it prints tokens/s and
 samples/s of each, the peak resident-memory increase of each run (RSS sampled every 5 ms by a psutil
 thread, above the RSS at the start of the run, after glibc malloc_trim), and the share of this
-machine's fp32 matmul FLOP/s that our sampler reaches. The peak is the faster of torch's default matmul
-and oneDNN's on a 2048^2 product; the share counts 2 x parameters FLOPs per generated token
+machine's matmul FLOP/s in that dtype that our sampler reaches. The fp32 peak is the faster of torch's
+default matmul and oneDNN's on a 2048^2 product, the bf16 peak torch's bf16 matmul on the same product (on a
+CPU without AMX or avx512_bf16 that is emulated and slow); the share counts 2 x parameters FLOPs per generated token
 ("effective") and per row it actually ran through the model ("actual": samples of a prompt that drew
 the same tokens so far share one row, a branch, so a trained model computes fewer rows than it
-generates tokens). The last line is the geometric-mean speedup over the cases.
+generates tokens), and with the prefill's products as well ("with its prefill": every product the model
+ran, so the gap to 100% is time outside the weight matmuls). A line per dtype gives its geometric-mean speedup over the cases; the last line the
+geometric mean over every case in every dtype.
 """
 
 from __future__ import annotations
@@ -51,7 +60,11 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 import east.sampling.hf as hf  # noqa: E402
 from east.sampling.hf import sample  # noqa: E402
 from east.sampling.onednn import available as onednn_available  # noqa: E402
-from east.sampling.onednn import onednn_forward  # noqa: E402
+from east.sampling.onednn import onednn_forward, resolve_gemm  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+now = time.process_time  # set from --clock in main()
 
 
 @dataclass
@@ -125,7 +138,11 @@ def build_prompts(tokenizer, count: int) -> list[str]:
                 + ". How many now?\nAnswer:" for i in range(count)]
 
 
-def build_model(case: Case, tokenizer) -> LlamaForCausalLM:
+def build_model(case: Case, tokenizer, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    return fp32_model(case, tokenizer).to(dtype)
+
+
+def fp32_model(case: Case, tokenizer) -> LlamaForCausalLM:
     if case.checkpoint:
         model = LlamaForCausalLM.from_pretrained(checkpoint_path(), dtype=torch.float32).eval()
         if not case.eos:
@@ -197,6 +214,7 @@ class Run:
     samples: int
     peak_mb: float
     rows: int = 0  # rows run through the model while decoding (ours: branches), 0 if not counted
+    prompt_tokens: int = 0  # tokens prefilled (ours: each prompt once)
 
     @property
     def tokens_per_s(self) -> float:
@@ -217,7 +235,7 @@ def run_generate(model, tokenizer, prompts: list[str], case: Case) -> Run:
     # sample of each call, and an unseeded baseline would let the fastest-of-N pick its luckiest draw.
     torch.manual_seed(0)
     with PeakRss() as memory, torch.inference_mode():
-        start = time.perf_counter()
+        start = now()
         for i in range(0, len(prompts), per_call):
             batch = tokenizer(prompts[i : i + per_call], add_special_tokens=False, return_tensors="pt", padding=True)
             # use_cache explicitly: the shipped checkpoint's config says use_cache=false (a training default).
@@ -232,21 +250,22 @@ def run_generate(model, tokenizer, prompts: list[str], case: Case) -> Run:
                 # Tokens up to and including the first EOS: the samples proper (later columns are padding).
                 is_eos = generated == eos
                 tokens += int(torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, generated.shape[1]).sum())
-        seconds = time.perf_counter() - start
+        seconds = now() - start
     return Run(seconds, tokens, samples, memory.mb)
 
 
-def run_ours(model, tokenizer, prompts: list[str], case: Case, onednn: bool = True) -> Run:
-    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+def run_ours(model, tokenizer, prompts: list[str], case: Case, gemm: str = "onednn") -> Run:
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    longest = max(len(ids) for ids in prompt_ids)
     budget = case.rows * (longest + case.max_new_tokens)  # exactly case.rows slots
     with PeakRss() as memory, counting_branches() as rows:
-        start = time.perf_counter()
+        start = now()
         gens = sample(model, tokenizer, prompts, n=case.n, temperature=1.0, max_new_tokens=case.max_new_tokens,
-                      seed=0, token_budget=budget, onednn=onednn)
-        seconds = time.perf_counter() - start
+                      seed=0, token_budget=budget, gemm=gemm)
+        seconds = now() - start
     # Every sample's first token comes from its prompt's prefill, not from a decode row.
     return Run(seconds, sum(sum(g.num_tokens) for g in gens), sum(len(g.texts) for g in gens), memory.mb,
-               rows[0] + len(prompts))
+               rows[0] + len(prompts), sum(len(ids) for ids in prompt_ids))
 
 
 @contextmanager
@@ -269,14 +288,14 @@ def counting_branches():
 def fastest(runs: list[Run]) -> Run:
     """The run with the highest tokens/s, reporting the highest peak memory of all runs."""
     best = max(runs, key=lambda r: r.tokens_per_s)
-    return Run(best.seconds, best.tokens, best.samples, max(r.peak_mb for r in runs), best.rows)
+    return Run(best.seconds, best.tokens, best.samples, max(r.peak_mb for r in runs), best.rows, best.prompt_tokens)
 
 
-def matmul_flops(size: int = 2048, repeats: int = 8) -> dict[str, float]:
-    """fp32 FLOP/s of a size^2 product through torch's default matmul and through oneDNN (packed weight)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_flops(size: int = 2048, repeats: int = 8, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """FLOP/s of a size^2 product through torch's default matmul and (fp32) through oneDNN (packed weight)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     products = {"torch matmul": lambda: a @ b}
-    if onednn_available():
+    if onednn_available() and dtype == torch.float32:
         layer = torch.nn.Linear(size, size, bias=False)
         products["oneDNN"] = functools.partial(onednn_forward(layer, pack=True), a)
     flops = {}
@@ -284,9 +303,9 @@ def matmul_flops(size: int = 2048, repeats: int = 8) -> dict[str, float]:
         product()  # warm-up
         best = float("inf")
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = now()
             product()
-            best = min(best, time.perf_counter() - start)
+            best = min(best, now() - start)
         flops[name] = 2 * size**3 / best
     return flops
 
@@ -300,6 +319,7 @@ def warm_up(model, tokenizer, prompts: list[str]) -> None:
 
 
 def main() -> None:
+    global now
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="halve the cases")
     parser.add_argument("--repeats", type=int, default=2,
@@ -307,43 +327,83 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for both (default 1: on a shared 2-core machine, 2 threads that "
                              "compete with other processes' threads can run 10x slower)")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="cpu: process CPU time; wall: elapsed")
     args = parser.parse_args()
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes or any(d not in DTYPES for d in dtypes):
+        parser.error(f"--dtypes: give one or more of {', '.join(DTYPES)}")
+    now = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()
 
     tokenizer = load_tokenizer()
-    flops = matmul_flops()
-    peak = max(flops.values())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul 2048^2: "
-          + ", ".join(f"{name} {f / 1e9:.1f} GFLOP/s" for name, f in flops.items()))
-    speedups, sampler_only = [], []
+    peaks = {}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clock {args.clock}; {cpu_name()}")
+    for name in dtypes:
+        flops = matmul_flops(dtype=DTYPES[name])
+        peaks[name] = max(flops.values())
+        print(f"{name} matmul 2048^2: " + ", ".join(f"{k} {f / 1e9:.1f} GFLOP/s" for k, f in flops.items()))
+    speedups: dict[str, list[float]] = {name: [] for name in dtypes}
+    sampler_only = []
     for case in cases(args.quick):
-        model = build_model(case, tokenizer)
-        params = sum(p.numel() for p in model.parameters())
-        prompts = build_prompts(tokenizer, case.prompts)
-        warm_up(model, tokenizer, prompts)
-        base_runs, our_runs, plain_runs = [], [], []
-        for _ in range(args.repeats):  # alternating, so a burst of load elsewhere hits all
-            base_runs.append(run_generate(model, tokenizer, prompts, case))
-            our_runs.append(run_ours(model, tokenizer, prompts, case))
-            plain_runs.append(run_ours(model, tokenizer, prompts, case, onednn=False))
-        base, ours, plain = fastest(base_runs), fastest(our_runs), fastest(plain_runs)
-        speedup = ours.tokens_per_s / base.tokens_per_s
-        speedups.append(speedup)
-        sampler_only.append(plain.tokens_per_s / base.tokens_per_s)
-        share = 2 * params * ours.tokens_per_s / peak
-        actual = share * ours.rows / ours.tokens
-        print(f"\n[{case.name}] {params / 1e6:.2f}M params, {case.prompts} prompts x n={case.n}, "
-              f"{case.rows} samples in flight, max_new_tokens={case.max_new_tokens}")
-        for label, run in (("HF generate", base), ("east sample", ours), ("  torch matmul", plain)):
-            print(f"  {label:14s} {run.seconds:6.2f} s  {run.tokens:7d} tokens  {run.tokens_per_s:8.0f} tokens/s  "
-                  f"{run.samples_per_s:7.1f} samples/s  peak RSS +{run.peak_mb:6.0f} MB")
-        print(f"  speedup {speedup:.2f}x ({sampler_only[-1]:.2f}x with torch matmul); east sample reaches {100 * share:.1f}% of matmul peak effective, "
-              f"{100 * actual:.1f}% actual ({ours.rows} rows computed for {ours.tokens} tokens)")
-        del model
+        for name in dtypes:
+            model = build_model(case, tokenizer, DTYPES[name])
+            params = sum(p.numel() for p in model.parameters())
+            prompts = build_prompts(tokenizer, case.prompts)
+            warm_up(model, tokenizer, prompts)
+            paths = {"HF generate": lambda: run_generate(model, tokenizer, prompts, case),
+                     "east sample": lambda: run_ours(model, tokenizer, prompts, case)}
+            if name == "fp32":
+                paths["  torch matmul"] = lambda: run_ours(model, tokenizer, prompts, case, gemm="torch")
+            runs = {label: [] for label in paths}
+            for _ in range(args.repeats):  # alternating, so a burst of load elsewhere hits all
+                for label, fn in paths.items():
+                    runs[label].append(fn())
+            best = {label: fastest(r) for label, r in runs.items()}
+            base, ours = best["HF generate"], best["east sample"]
+            speedup = ours.tokens_per_s / base.tokens_per_s
+            speedups[name].append(speedup)
+            share = 2 * params * ours.tokens_per_s / peaks[name]
+            actual = share * ours.rows / ours.tokens
+            # Every product the model ran: decode rows and each prompt's prefill (the last prompt position
+            # gives the first token, so it is counted once, in the prompt tokens).
+            busy = share * (ours.rows - case.prompts + ours.prompt_tokens) / ours.tokens
+            print(f"\n[{case.name}, {name}] {params / 1e6:.2f}M params, {case.prompts} prompts x n={case.n}, "
+                  f"{case.rows} samples in flight, max_new_tokens={case.max_new_tokens}")
+            for label, run in best.items():
+                print(f"  {label:14s} {run.seconds:6.2f} s  {run.tokens:7d} tokens  {run.tokens_per_s:8.0f} tokens/s  "
+                      f"{run.samples_per_s:7.1f} samples/s  peak RSS +{run.peak_mb:6.0f} MB")
+            extra = ""
+            if name == "fp32":
+                sampler_only.append(best["  torch matmul"].tokens_per_s / base.tokens_per_s)
+                extra = f" ({sampler_only[-1]:.2f}x with torch matmul; sampling.gemm auto chooses {resolve_gemm(model, 'auto')})"
+            print(f"  speedup {speedup:.2f}x{extra}; east sample reaches {100 * share:.1f}% of {name} matmul peak "
+                  f"effective, {100 * actual:.1f}% actual ({ours.rows} rows computed for {ours.tokens} tokens), "
+                  f"{100 * busy:.1f}% with its prefill ({ours.prompt_tokens} prompt tokens)")
+            del model
     geomean = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
-    print(f"\nwith torch's default matmul (onednn=False), speedup vs HF generate: {geomean(sampler_only):.2f}x")
-    print(f"sampling speedup vs HF generate: {geomean(speedups):.2f}x")
+    print()
+    if sampler_only:
+        print(f"fp32 with torch's default matmul (gemm torch), speedup vs HF generate: {geomean(sampler_only):.2f}x")
+    for name in dtypes:
+        print(f"{name} sampling speedup vs HF generate {name}: {geomean(speedups[name]):.2f}x")
+    print(f"sampling speedup vs HF generate: {geomean([x for xs in speedups.values() for x in xs]):.2f}x")
+
+
+def cpu_name() -> str:
+    """The processor, as /proc/cpuinfo names it (with family and model: one brand name covers several designs)."""
+    fields = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "processor unknown"
+    from east.precision import cpu_has_native_bf16
+
+    return (f"{fields.get('model name', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
+            f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""Overhead of WeightedSFTTrainer (all weights 1) over stock trl.SFTTrainer, same data and model, one process.
+"""Training throughput: stock trl.SFTTrainer fp32, WeightedSFTTrainer (all weights 1) fp32 and bf16, one process.
 
-Run: `.venv/bin/python benchmarks/training.py [--repeats 5] [--steps 20]`. Each repeat trains a fresh copy of the
-same random Llama (hidden 128, 4 layers) for --steps optimizer steps with each trainer, alternating which goes
-first, on one thread; only `trainer.train()` is timed, both as wall time and as process CPU time. The overhead on the last line,
-`weighted training overhead: N.N%`, compares median CPU times: on a shared machine other processes inflate wall
-time by whole seconds, CPU time much less. Timing only: nothing here asserts.
+Run: `.venv/bin/python benchmarks/training.py [--repeats 5] [--steps 20] [--precisions fp32,bf16]`. Each repeat trains a
+fresh copy of the same random Llama (hidden 128, 4 layers) for --steps optimizer steps with each trainer, rotating
+which goes first, on one thread; only `trainer.train()` is timed, both as wall time and as process CPU time.
+"ours bf16" is `precision: bf16` (fp32 weights, bf16 autocast: transformers' bf16=True with use_cpu=True).
+Per trainer it prints tokens/s (target and prompt tokens of the rows, padding not counted) and the share of this
+machine's matmul peak in the dtype that does the products (6 x matmul parameters FLOPs per token, against a 2048^2
+product timed here). The overhead on the last line, `weighted training overhead: N.N%`, compares median CPU times of
+ours fp32 and stock fp32: on a shared machine other processes inflate wall time by whole seconds, CPU time much
+less. Timing only: nothing here asserts.
 """
 
 from __future__ import annotations
@@ -44,17 +48,36 @@ def build_model(tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def time_one(cls, model, tokenizer, dataset, steps: int, batch: int, out: str) -> tuple[float, float]:
+def time_one(cls, model, tokenizer, dataset, steps: int, batch: int, out: str, bf16: bool = False) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, tokens of the rows trained on) of one trainer.train()."""
     args = SFTConfig(
-        output_dir=out, bf16=False, use_cpu=True, report_to="none", gradient_checkpointing=False,
+        output_dir=out, bf16=bf16, use_cpu=True, report_to="none", gradient_checkpointing=False,
         save_strategy="no", logging_steps=steps, max_steps=steps, per_device_train_batch_size=batch, seed=0,
         disable_tqdm=True,
     )
     trainer = cls(copy.deepcopy(model), args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)
+    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"][: steps * batch])
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    return time.perf_counter() - wall, time.process_time() - cpu, tokens
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of torch's size^2 product in `dtype`, best of `repeats`, in CPU time (one thread)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        a @ b
+        best = min(best, time.process_time() - start)
+    return 2 * size**3 / best
+
+
+def matmul_params(model) -> int:
+    """Parameters that take part in matrix products per token (the linear layers, LM head included)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
 def main() -> None:
@@ -62,6 +85,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--precisions", default="fp32,bf16", help="ours in: fp32, bf16 (stock TRL runs in fp32)")
     opts = parser.parse_args()
     hf_logging.set_verbosity_error()
     # One thread: with other jobs on the machine, idle-spinning worker threads would dominate the CPU time.
@@ -72,20 +96,30 @@ def main() -> None:
     rows = sft_rows([1.0] * (opts.steps * opts.batch))
     weighted_data = Dataset.from_list(rows)
     stock_data = weighted_data.remove_columns("weight")
-    times: dict[str, list[tuple[float, float]]] = {"stock": [], "weighted": []}
-    runs = {"stock": (SFTTrainer, stock_data), "weighted": (WeightedSFTTrainer, weighted_data)}
+    runs = {"stock fp32": (SFTTrainer, stock_data, False)}
+    for name in opts.precisions.split(","):
+        runs[f"ours {name.strip()}"] = (WeightedSFTTrainer, weighted_data, name.strip() == "bf16")
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    flops_per_token = 6 * matmul_params(model)
+    print(f"torch {torch.__version__}, 1 thread; matmul 2048^2: fp32 {peaks['fp32'] / 1e9:.1f}, bf16 "
+          f"{peaks['bf16'] / 1e9:.1f} GFLOP/s; {matmul_params(model) / 1e6:.2f}M matmul parameters", flush=True)
+    times: dict[str, list[tuple[float, float, int]]] = {name: [] for name in runs}
+    names = list(runs)
     with tempfile.TemporaryDirectory() as out:
         for repeat in range(opts.repeats):
-            order = ["stock", "weighted"] if repeat % 2 == 0 else ["weighted", "stock"]  # interleave
-            for name in order:
-                cls, data = runs[name]
-                times[name].append(time_one(cls, model, tokenizer, data, opts.steps, opts.batch, out))
-                wall, cpu = times[name][-1]
-                print(f"repeat {repeat} {name:8s} wall {wall:.3f} s  cpu {cpu:.3f} s", flush=True)
-    medians = {name: [statistics.median(t[i] for t in runs_) for i in (0, 1)] for name, runs_ in times.items()}
-    for name, (wall, cpu) in medians.items():
-        print(f"median {name:8s} wall {wall:.3f} s  cpu {cpu:.3f} s  ({opts.steps} steps x batch {opts.batch})")
-    print(f"weighted training overhead: {100 * (medians['weighted'][1] / medians['stock'][1] - 1):.1f}%")
+            for name in names[repeat % len(names):] + names[: repeat % len(names)]:  # rotate who goes first
+                cls, data, bf16 = runs[name]
+                times[name].append(time_one(cls, model, tokenizer, data, opts.steps, opts.batch, out, bf16))
+                wall, cpu, _ = times[name][-1]
+                print(f"repeat {repeat} {name:10s} wall {wall:.3f} s  cpu {cpu:.3f} s", flush=True)
+    medians = {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts), ts[0][2])
+               for name, ts in times.items()}
+    for name, (wall, cpu, tokens) in medians.items():
+        dtype = "bf16" if name.endswith("bf16") else "fp32"
+        rate = tokens / cpu
+        print(f"median {name:10s} wall {wall:.3f} s  cpu {cpu:.3f} s  ({opts.steps} steps x batch {opts.batch}): "
+              f"{rate:,.0f} tokens/s (CPU time), {100 * rate * flops_per_token / peaks[dtype]:.1f}% of {dtype} matmul peak")
+    print(f"weighted training overhead: {100 * (medians['ours fp32'][1] / medians['stock fp32'][1] - 1):.1f}%")
 
 
 if __name__ == "__main__":

@@ -106,8 +106,8 @@ def test_training_calls_inside_the_block_take_the_stock_path(monkeypatch):
     assert x.grad is not None and layer.weight.grad is not None and calls == [0]
 
 
-@pytest.mark.parametrize("onednn_on", [True, False])
-def test_sampler_switches_the_layers_and_matches_greedy_generate(onednn_on, monkeypatch):
+@pytest.mark.parametrize("gemm", ["onednn", "torch"])
+def test_sampler_switches_the_layers_and_matches_greedy_generate(gemm, monkeypatch):
     tok = char_tokenizer()
     model = tiny_llama(len(tok))
     counts = []
@@ -119,8 +119,8 @@ def test_sampler_switches_the_layers_and_matches_greedy_generate(onednn_on, monk
             yield count
 
     monkeypatch.setattr(hf, "onednn_linears", contextmanager(spy))
-    gens = hf.sample(model, tok, PROMPTS, n=2, temperature=0, max_new_tokens=30, onednn=onednn_on)
-    assert counts == [len(linears(model)) if onednn_on else 0]
+    gens = hf.sample(model, tok, PROMPTS, n=2, temperature=0, max_new_tokens=30, gemm=gemm)
+    assert counts == [len(linears(model)) if gemm == "onednn" else 0]
     for prompt, gen in zip(PROMPTS, gens):
         text, num, _ = hf_text(tok, hf_greedy(model, tok, prompt, 30))
         assert gen.texts == [text, text] and gen.num_tokens == [num, num]

@@ -89,6 +89,10 @@ class SamplingConfig(Section):
     token_budget: int = Field(65536, ge=64, description="Tokens held in the KV cache at once (sets the batch).")
     stop: list[str] = Field(default_factory=list, description="Stop strings (EOS always stops).")
     shard_size: int = Field(64, ge=1, description="Questions per shard written to disk (resume granularity).")
+    gemm: Literal["onednn", "torch", "auto"] = Field(
+        "onednn", description="hf backend on CPU, fp32: the linear layers' matmul. onednn (the default, whose samples "
+        "existing runs hold), torch's own matmul, or auto: time both on the model's shapes at first use and take the "
+        "faster (east.sampling.onednn). The paths agree up to float rounding.")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm only: GPUs each vLLM engine spans.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm only.")
     executor: Literal["local", "ray"] = Field(
@@ -111,8 +115,9 @@ class SamplingConfig(Section):
 
     def key_dump(self) -> dict[str, Any]:
         """The settings that determine the samples, for stage keys: where and on how many replicas they are drawn
-        does not change them, so a run resumed in process, or on another cluster, keeps its finished stages."""
-        return self.model_dump(mode="json", exclude=PLACEMENT_KEYS)
+        does not change them, so a run resumed in process, or on another cluster, keeps its finished stages. gemm
+        appears only when not the default (run directories sampled before the key existed keep their keys)."""
+        return self.model_dump(mode="json", exclude=PLACEMENT_KEYS | ({"gemm"} if self.gemm == "onednn" else set()))
 
 
 class GradingConfig(Section):
@@ -167,6 +172,9 @@ class TrainConfig(Section):
                                  "this process). batch_size is per process: the global batch is processes x batch_size "
                                  "x grad_accum.")
     lora: LoraConfig | None = None
+    group_by_length: bool = Field(
+        False, description="SFT only: batches of rows of similar length (transformers' LengthGroupedSampler), so "
+        "less of each batch is padding. Same rows per epoch, another order.")
     report_to: list[Literal["none", "tensorboard", "wandb"]] = Field(
         default_factory=lambda: ["none"], description="Experiment trackers for the trainers and the run-level "
         "metrics (east.tracking); needs east-selftrain[tracking].")
@@ -254,6 +262,13 @@ class RunConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     dast: DastConfig = Field(default_factory=DastConfig, description="DAST settings, used by arms with data dast_p / dast_l.")
     arms: list[ArmConfig] = Field(default_factory=default_arms)
+    # Speed settings (issue 15). Neither changes a result in fp32; bf16 does (within the numerics docs/ report).
+    precision: Literal["default", "fp32", "bf16", "auto"] = Field(
+        "default", description="Compute precision (east.precision): default (as before the key existed: bf16 on a "
+        "CUDA device with bf16, else fp32); fp32; bf16 (sampling in bf16, training with bf16 autocast over fp32 "
+        "weights); auto: bf16 where the hardware has it natively (CUDA bf16, a CPU with AMX or avx512_bf16), else fp32.")
+    threads: int | None = Field(None, ge=1, description="torch threads (torch.set_num_threads) for the run; None: "
+                                "torch's default. On a shared machine, at most the cores this run may use.")
 
     @field_validator("seeds")
     @classmethod
@@ -284,6 +299,22 @@ class RunConfig(Section):
         if self.grading.verify_steps and self.grading_kind() != "arith":
             raise ValueError(f"grading.verify_steps checks the arith task's equation lines; grading kind "
                              f"{self.grading_kind()!r} has none (set grading.verify_steps: false)")
+        return self
+
+    @model_validator(mode="after")
+    def _group_by_length_sft_only(self) -> RunConfig:
+        others = sorted({arm.loss for arm in self.arms if arm.loss != "sft"})
+        if self.train.group_by_length and others:
+            raise ValueError(f"train.group_by_length is for SFT only, and arms use {', '.join(others)} (their pairs "
+                             "and KTO's KL batches are built per batch); set train.group_by_length: false")
+        return self
+
+    @model_validator(mode="after")
+    def _precision_matches_dtype(self) -> RunConfig:
+        named = {"float32": "fp32", "bfloat16": "bf16"}.get(self.model.dtype)
+        if named and self.precision in ("fp32", "bf16") and named != self.precision:
+            raise ValueError(f"model.dtype {self.model.dtype} and precision {self.precision} disagree; set "
+                             "model.dtype: auto (precision then decides) or make them match")
         return self
 
     def grading_kind(self) -> str:

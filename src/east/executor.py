@@ -98,7 +98,7 @@ class Backend:
 
         return sample(model, tokenizer, prompts, n, temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                       max_new_tokens=max_new_tokens, seed=seed, stop=cfg.stop or None, token_budget=token_budget,
-                      progress=progress, first_index=first_index)
+                      progress=progress, first_index=first_index, gemm=cfg.gemm)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -146,6 +146,36 @@ def prompt_limit(run: Run, model) -> tuple[int | None, str]:
     return (context, "the model's context length") if isinstance(context, int) else (None, "")
 
 
+def sampling_key(run: Run) -> dict[str, Any]:
+    """The sampling section as part of a stage key, without settings left at a default that predates them and
+    without where the samples are drawn (SamplingConfig.key_dump)."""
+    return run.config.sampling.key_dump()
+
+
+def gemm_key(run: Run) -> dict[str, str]:
+    """The sampler's matmul path for stages whose key has no sampling section (evaluation), only when not the default."""
+    return {} if run.config.sampling.gemm == "onednn" else {"gemm": run.config.sampling.gemm}
+
+
+def run_precision(run: Run) -> str:
+    """"fp32" or "bf16": a model.dtype of float32 / bfloat16 says it (the config refuses a contradicting
+    precision), else the precision setting, resolved for this machine."""
+    from east.precision import resolve_precision
+
+    named = {"float32": "fp32", "bfloat16": "bf16"}.get(run.config.model.dtype)
+    return named or resolve_precision(run.config.precision)
+
+
+def precision_key(run: Run) -> dict[str, str]:
+    """The resolved precision as part of a stage key, only when it differs from what east used before the setting
+    existed (so those run directories stay valid; a directory resumed on hardware that resolves `auto` otherwise
+    redoes the stages it changes)."""
+    from east.precision import previous_default
+
+    precision = run_precision(run)
+    return {} if precision == previous_default() else {"precision": precision}
+
+
 def prompt_limit_key(run: Run) -> dict[str, int]:
     """The prompt limit as part of a stage key, only when set (keys of runs without it stay as they were)."""
     limit = run.config.task.max_prompt_tokens
@@ -222,9 +252,9 @@ def stage_sample(run: Run, cell: Cell) -> None:
     out = samples_dir(run, cell) / "samples.parquet"
     shard_dir = out.parent / "shards"
     source, deps = policy(run, cell)
-    key_config = {"sampling": cfg.key_dump(), "prompt": run.config.prompt.model_dump(mode="json"),
+    key_config = {"sampling": sampling_key(run), "prompt": run.config.prompt.model_dump(mode="json"),
                   "model": run.config.model.model_dump(mode="json"), "seed": cell.seed, "iteration": cell.iteration,
-                  **prompt_limit_key(run)}
+                  **prompt_limit_key(run), **precision_key(run)}
     deps = ["questions", *deps]
 
     def build():
@@ -246,10 +276,23 @@ def stage_sample(run: Run, cell: Cell) -> None:
         rows = executor.merged_rows(shards)
         io.write_parquet(out, rows)
         tokens = sum(sum(r["num_tokens"]) for r in rows)
-        counts = {"questions": len(rows), "samples": sum(len(r["responses"]) for r in rows), "tokens": tokens}
+        counts = {"questions": len(rows), "samples": sum(len(r["responses"]) for r in rows), "tokens": tokens,
+                  **sampler_choices(run, model)}
         return {**counts, "skipped_long_prompts": skipped} if skipped else counts
 
     run.stage(f"{cell.samples_name()}/sample", key_config, deps, [out], build)
+
+
+def sampler_choices(run: Run, model) -> dict[str, str]:
+    """For the manifest, where `auto` settings decided something: the precision and matmul path sampling used."""
+    choices = {}
+    if run.config.precision == "auto":
+        choices["precision"] = run_precision(run)
+    if run.config.sampling.gemm == "auto" and run.config.sampling.backend == "hf" and getattr(model, "device", None) is not None:
+        from east.sampling.onednn import resolve_gemm
+
+        choices["gemm"] = resolve_gemm(model, "auto")  # timed once per process and model shape: this reads the choice
+    return choices
 
 
 def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, seed: int, temperature: float | None = None,
@@ -261,10 +304,15 @@ def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, seed: in
 
 
 def sampler(run: Run, path: str):
-    """The configured backend for the model at `path`, as east.executor's replicas load it."""
+    """The configured backend for the model at `path`, as east.executor's replicas load it: model.dtype resolved
+    from `precision` here, so every replica loads what this machine would."""
     from east.executor import Backend
+    from east.precision import model_dtype
 
-    return Backend(run.config.sampling, run.config.model, path)
+    model = run.config.model
+    if model.dtype == "auto":
+        model = model.model_copy(update={"dtype": model_dtype(run_precision(run))})
+    return Backend(run.config.sampling, model, path)
 
 
 def loaded_for_prompts(run: Run, backend) -> tuple[Any, Any]:
@@ -359,8 +407,8 @@ def stage_augment(run: Run, cell: Cell) -> None:
         io.write_json(levels_out, {"levels": levels, "histogram": dast.level_histogram(levels), "report": report})
         return {"histogram": dast.level_histogram(levels), "report": report}
 
-    config = {"dast": cfg.model_dump(mode="json"), "data": data, "sampling": run.config.sampling.key_dump(),
-              "seed": cell.seed, "iteration": cell.iteration}
+    config = {"dast": cfg.model_dump(mode="json"), "data": data, "sampling": sampling_key(run),
+              "seed": cell.seed, "iteration": cell.iteration, **precision_key(run)}
     run.stage(augmented_name(cell, data), config, [f"{cell.samples_name()}/grade", "questions", *deps], [out, levels_out], build)
 
 
@@ -523,6 +571,7 @@ def stage_train(run: Run, cell: Cell) -> None:
         "save_steps": cfg.save_steps,
         "lora": cfg.lora.model_dump() if cfg.lora else None,
         "seed": cell.seed + 1_000_003 * arm.replicate,
+        **train_speed_args(run),
     }
 
     def build():
@@ -598,6 +647,15 @@ def launched_counts(cell: Cell, directory: Path, log: Path) -> dict[str, Any]:
                         f"{'model weights' if not weights else 'train_metrics.json'} in {directory}; see {log}")
     settings = io.read_json(metrics_path).get("settings", {})
     return {"processes": settings.get("processes"), "distributed_type": settings.get("distributed_type")}
+def train_speed_args(run: Run) -> dict[str, Any]:
+    """The speed settings of training, only where they differ from east's behaviour before they existed (they are
+    part of the stage key: run directories trained before keep their keys)."""
+    args: dict[str, Any] = {}
+    if precision_key(run):
+        args["precision"] = run_precision(run)
+    if run.config.train.group_by_length:
+        args["group_by_length"] = True
+    return args
 
 
 def eval_splits(run: Run) -> list[str]:
@@ -612,7 +670,8 @@ def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], dir
         rows_path = directory / f"eval-{split}.jsonl"
         summary_path = directory / f"eval-{split}.json"
         config = {"evaluation": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
-                  "split": split, "kind": run.config.grading_kind(), **prompt_limit_key(run)}
+                  "split": split, "kind": run.config.grading_kind(), **prompt_limit_key(run), **precision_key(run),
+                  **gemm_key(run)}
 
         def build(split=split, rows_path=rows_path, summary_path=summary_path, config=config):
             questions = read_questions(questions_path(run, split))
@@ -679,6 +738,10 @@ def run_pipeline(config: RunConfig, root: Path, until: str = "report") -> Run:
     from east.executor import check_available
 
     check_available(config.sampling)  # sampling.executor=ray without Ray: now, not after the first stages
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
     with RunLock(root), Tracker.open(config, root) as tracker:
         removed = rundir.remove_dead_temporaries(root)
         if removed:

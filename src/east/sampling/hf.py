@@ -21,7 +21,9 @@ is bounded by the matmuls of the weights and by reading the KV cache):
 - prompts are scheduled longest first, so prefill batches have similar lengths and long prompts do not
   end up alone in the tail;
 - fp32 linear layers run through oneDNN (`east.sampling.onednn`), at 2.3x the FLOP/s of torch's default
-  matmul (MKL) on this project's AMD machine;
+  matmul (MKL) on this project's first AMD machine; `gemm="auto"` times both on the model's shapes and
+  takes the faster (on an Intel Xeon with AMX torch's own matmul was);
+- a bf16 model (east.precision) decodes in bf16: its matmuls run in bf16, logits are sampled in fp32;
 - the number of rows comes from `token_budget` (rows x (longest prompt + max_new_tokens) tokens);
 - the random draw of a sample at step t is a hash of (seed, prompt index, sample index, t), so the output
   depends on the seed but not on which other samples happened to share the batch.
@@ -48,7 +50,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from east.sampling import Generation, cut_at_stop
-from east.sampling.onednn import onednn_linears
+from east.sampling.onednn import onednn_linears, resolve_gemm
 
 # Cached tokens (slots x row length) of the decode batch. 64k tokens is ~256 MB of fp32 KV for a
 # 1M-parameter backbone and ~2 GB for a 30M model; on CPU throughput is flat well below that.
@@ -98,7 +100,7 @@ def sample(
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     progress: bool = False,
     on_done: OnDone | None = None,
-    onednn: bool = True,
+    gemm: str = "onednn",
     first_index: int = 0,
 ) -> list[Generation]:
     """n samples for each prompt, in prompt order. `on_done(i, generation)` fires as prompt i completes.
@@ -107,8 +109,9 @@ def sample(
     (chat template applied), so they are tokenized without adding special tokens. `token_budget` caps
     rows x (longest prompt + max_new_tokens), which sets how many samples decode at once; the KV cache
     takes at most about token_budget x layers x 2 x kv_dim x 4 bytes (fp32). The same seed gives the
-    same samples whatever the budget. `onednn` runs the model's fp32 linear layers through oneDNN
-    (`east.sampling.onednn`; False: torch's default matmul, equal up to rounding). `first_index` numbers the
+    same samples whatever the budget. `gemm` "onednn" runs the model's fp32 linear layers through oneDNN
+    (`east.sampling.onednn`), "torch" through torch's default matmul (equal up to rounding), "auto" through
+    whichever `east.sampling.onednn.resolve_gemm` measures faster for this model here. `first_index` numbers the
     prompts from there in the random draws, so a slice `prompts[a:b]` sampled with first_index=a draws what the
     whole list would for those prompts (east.executor splits evaluation that way).
     """
@@ -127,8 +130,9 @@ def sample(
         copies = lambda g: Generation(g.texts * n, g.num_tokens * n, g.finished * n)  # noqa: E731
         one = sample(model, tokenizer, prompts, 1, temperature=0, max_new_tokens=max_new_tokens, stop=stop,
                      token_budget=token_budget, progress=progress,
-                     on_done=(lambda i, g: on_done(i, copies(g))) if on_done else None, onednn=onednn)
+                     on_done=(lambda i, g: on_done(i, copies(g))) if on_done else None, gemm=gemm)
         return [copies(g) for g in one]
+    onednn = resolve_gemm(model, gemm) == "onednn"
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     if any(len(ids) == 0 for ids in prompt_ids):
         raise ValueError("empty prompt: the model needs at least one token to condition on")

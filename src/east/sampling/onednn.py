@@ -1,8 +1,9 @@
-"""The model's fp32 linear layers computed by oneDNN while the CPU sampler runs.
+"""The model's fp32 linear layers computed by oneDNN while the CPU sampler runs, where that is faster.
 
-    from east.sampling.onednn import onednn_linears
+    from east.sampling.onednn import onednn_linears, resolve_gemm
     with torch.inference_mode(), onednn_linears(model):   # east.sampling.hf.sample does this on CPU
         logits = model(input_ids).logits
+    resolve_gemm(model, "auto")   # "onednn" or "torch": whichever ran the model's own products faster here
 
 Why: torch's fp32 matmul on CPU calls MKL, which on AMD processors runs no faster than with its
 instructions capped at AVX2 (MKL_ENABLE_INSTRUCTIONS=AVX2 changes nothing here), while oneDNN (also
@@ -23,11 +24,20 @@ Decoding spends most of its time in these products.
   product, nothing is switched.
 
 The packed copies are made per call, so weights trained between two calls are always current.
+
+Which is faster depends on the processor, not its brand: on an Intel Xeon with AMX (2026-12-01) torch's
+own matmul ran a 2048^2 product at 151 GFLOP/s against oneDNN's 145, and the sampler was faster without the
+switch. `resolve_gemm(model, "auto")` (`sampling.gemm: auto`) times both on the model's own layer shapes
+at first use, in CPU time so that other processes on the machine do not decide the choice, and keeps
+oneDNN (today's default, whose samples existing runs hold) unless torch's matmul is more than
+`AUTO_MARGIN` faster.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,6 +48,18 @@ PACK_LIMIT_BYTES = 1 << 30
 # oneDNN picks its blocked weight layout for this many rows. Of the hints 1, 16, 64, 256 and 4096, this
 # one measured within 10% of the fastest at 8 rows and within 3% from 64 to 4096 rows.
 PACK_ROWS_HINT = 64
+
+GEMMS = ("onednn", "torch", "auto")
+# `auto` leaves the default (oneDNN) only for a path at least this much faster: the timing of a
+# shared machine wobbles by a few percent, and a flip-flopping choice would change samples' rounding
+# from run to run for no real gain.
+AUTO_MARGIN = 0.05
+# Rows of the timed products: the decode batch's order of magnitude (the row count oneDNN packs for).
+AUTO_ROWS = PACK_ROWS_HINT
+# CPU seconds each path gets per layer shape and round (3 rounds, alternating; the fastest round counts).
+AUTO_SECONDS = 0.02
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -111,3 +133,74 @@ def padded_rows(rows: int) -> int:
     """
     step = 1 << max(0, rows.bit_length() - 4)
     return -(-rows // step) * step
+
+
+def resolve_gemm(model: torch.nn.Module, gemm: str) -> str:
+    """"onednn" or "torch": `gemm` itself, or for "auto" the path that ran this model's layer shapes faster
+    here (oneDNN when there is nothing to switch, or when torch's matmul is not clearly faster)."""
+    if gemm not in GEMMS:
+        raise ValueError(f"sampling.gemm must be one of {', '.join(GEMMS)}, got {gemm!r}")
+    if gemm != "auto":
+        return gemm
+    shapes = layer_shapes(model)
+    if not shapes or not available():
+        return "onednn"  # nothing would be switched: the choice changes nothing
+    key = (tuple(sorted(shapes.items())), torch.get_num_threads())
+    if key not in _CHOSEN:
+        seconds = gemm_seconds(shapes)
+        _CHOSEN[key] = faster_gemm(seconds)
+        log.info("sampling.gemm auto: %s (CPU seconds per decode-sized pass over the linear layers: oneDNN %.2e, "
+                 "torch matmul %.2e; %d threads)", _CHOSEN[key], seconds["onednn"], seconds["torch"], key[1])
+    return _CHOSEN[key]
+
+
+_CHOSEN: dict[tuple, str] = {}  # per process: the layer shapes (and thread count) already timed
+
+
+def faster_gemm(seconds: dict[str, float]) -> str:
+    """torch's matmul only if it beats oneDNN by more than AUTO_MARGIN."""
+    return "torch" if seconds["torch"] * (1 + AUTO_MARGIN) < seconds["onednn"] else "onednn"
+
+
+def layer_shapes(model: torch.nn.Module) -> dict[tuple[int, int, bool], int]:
+    """(in features, out features, has bias) -> how many switchable layers have that shape."""
+    shapes: dict[tuple[int, int, bool], int] = {}
+    for m in model.modules():
+        if switchable(m):
+            shape = (m.in_features, m.out_features, m.bias is not None)
+            shapes[shape] = shapes.get(shape, 0) + 1
+    return shapes
+
+
+def gemm_seconds(shapes: dict[tuple[int, int, bool], int], rows: int = AUTO_ROWS) -> dict[str, float]:
+    """CPU seconds of one pass over layers of these shapes (count each) at `rows` rows, per path.
+
+    Random weights of the same shapes: the time of a product does not depend on the values. The global
+    RNG is left as it was (its own generator), so timing does not change what is sampled after."""
+    generator = torch.Generator().manual_seed(0)
+    total = {"onednn": 0.0, "torch": 0.0}
+    with torch.inference_mode():
+        for (features_in, features_out, bias), count in shapes.items():
+            layer = torch.nn.utils.skip_init(torch.nn.Linear, features_in, features_out, bias=bias)
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator))
+            x = torch.randn(rows, features_in, generator=generator)
+            paths = {"onednn": onednn_forward(layer, pack=True), "torch": layer.forward}
+            best = {name: float("inf") for name in paths}
+            for _ in range(3):  # alternating rounds: a burst of load elsewhere hits both
+                for name, path in paths.items():
+                    best[name] = min(best[name], seconds_per_call(path, x))
+            for name in total:
+                total[name] += count * best[name]
+    return total
+
+
+def seconds_per_call(fn, x: torch.Tensor) -> float:
+    """CPU seconds of one call, from as many calls as fit in about AUTO_SECONDS (after one warm-up)."""
+    fn(x)
+    calls, start = 0, time.process_time()
+    while True:
+        fn(x)
+        calls += 1
+        spent = time.process_time() - start
+        if spent >= AUTO_SECONDS:
+            return spent / calls

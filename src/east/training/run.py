@@ -73,6 +73,8 @@ def train(
     report_to: Sequence[str] = ("none",),
     run_name: str | None = None,
     logging_dir: str | Path | None = None,
+    precision: Literal["fp32", "bf16"] | None = None,
+    group_by_length: bool = False,
 ) -> Path:
     """Train on `rows` (selection.py's dicts with a `weight` column) and return `out_dir/model`.
 
@@ -82,6 +84,9 @@ def train(
     save_steps); the same seed and settings give the same final weights as an uninterrupted run.
     report_to: TRL's trackers ("tensorboard", "wandb"; east.tracking), run_name their name for this run, logging_dir
     the TensorBoard directory (default out_dir/tensorboard). The weighted trainers' weight/* statistics go there too.
+    precision: "fp32", or "bf16" (on CPU: fp32 weights, forward and backward under bf16 autocast; on CUDA: bf16
+    weights, as before); None: the device's default as before the setting existed (bf16 on a CUDA device that has
+    it, else fp32). group_by_length (SFT only): batches of rows of similar length, for less padding.
     """
     if loss not in TRAINERS:
         raise ValueError(f"loss must be 'sft', 'dpo' or 'kto', got {loss!r}")
@@ -90,11 +95,14 @@ def train(
     if not 0 <= warmup_ratio < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
     check_kind(local_weighting)
+    if group_by_length and loss != "sft":
+        raise ValueError(f"group_by_length is for SFT only, got loss {loss!r} (DPO rows have no single length; KTO "
+                         "builds its KL pairs per batch)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    dtype, bf16 = training_dtype()
+    dtype, bf16 = training_dtype(precision)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
     dataset = trainer_prompts(rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows)), tokenizer)
@@ -114,6 +122,9 @@ def train(
         max_length=max_length,
         seed=seed,
         bf16=bf16,
+        # bf16 autocast on CPU: transformers enables it only for a CPU run it knows is one.
+        **({"use_cpu": True} if bf16 and not torch.cuda.is_available() else {}),
+        **({"train_sampling_strategy": "group_by_length"} if group_by_length else {}),
         report_to=list(report_to),
         run_name=run_name,
         # transformers 5 renamed the flag (activation_checkpointing); setting both avoids its deprecation warning.
@@ -161,6 +172,7 @@ def train(
             "lr_scheduler_type": lr_scheduler_type, "gradient_checkpointing": gradient_checkpointing,
             "processes": trainer.accelerator.num_processes,
             "distributed_type": str(trainer.accelerator.distributed_type.value),
+            "bf16_autocast": bf16, "group_by_length": group_by_length,
         },
     )
     return final
@@ -203,11 +215,17 @@ def trainer_prompts(dataset: Dataset, tokenizer) -> Dataset:
     return dataset.map(lambda row: {"prompt": training_prompt(tokenizer, row["prompt"])})
 
 
-def training_dtype() -> tuple[torch.dtype, bool]:
-    """(model dtype, bf16 flag): bf16 on a CUDA device that supports it, float32 otherwise (CPU: bf16 fails)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16, True
-    return torch.float32, False
+def training_dtype(precision: str | None = None) -> tuple[torch.dtype, bool]:
+    """(model dtype, bf16 flag). None: bf16 on a CUDA device that supports it, float32 otherwise (as before the
+    precision setting). "bf16" on CPU keeps fp32 weights (the optimizer's master copy) under bf16 autocast."""
+    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision is None:
+        precision = "bf16" if cuda_bf16 else "fp32"
+    if precision == "fp32":
+        return torch.float32, False
+    if precision != "bf16":
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return (torch.bfloat16 if cuda_bf16 else torch.float32), True
 
 
 def point_tensorboard(trainer, directory: Path) -> None:

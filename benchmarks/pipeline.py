@@ -1,0 +1,165 @@
+"""End to end: a reduced configs/table1.yaml run with today's fp32 path, then with the fast path; seconds per stage.
+
+    .venv/bin/python benchmarks/pipeline.py                 # about 10 minutes on one CPU core
+    .venv/bin/python benchmarks/pipeline.py --train-size 100 --test-size 100   # a smoke run
+    .venv/bin/python benchmarks/pipeline.py --clock wall
+
+Both runs use table1's task, backbone, sampling, grading, filter and training settings, reduced to one
+seed, the vanilla SFT arm and the SFT + EAST arm (a = 1), and --train-size / --test-size questions, each
+in a fresh run directory, in this one process, with --threads torch threads:
+- "fp32 path": precision fp32, sampling.gemm onednn, no length grouping (the defaults on CPU: what east did
+  before issue 15);
+- "fast path": precision auto, sampling.gemm auto, train.group_by_length true (precision auto is fp32 on a
+  CPU without native bf16, so there the fast path differs from the fp32 path by the other two only; bf16 on
+  one with avx512_bf16 or AMX).
+
+Each stage is timed around the pipeline's own stage call; --clock cpu (the default) counts the CPU time of
+this process and of the child processes that ended (grading workers), so other jobs on a shared machine
+change the numbers little; --clock wall counts elapsed time. The per-stage table sums the stages of
+each kind; the accuracies show the two paths reach the same results within noise. The last line is
+`end-to-end speedup vs fp32 path: N.NNx`. Timing only: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from east import pipeline  # noqa: E402
+from east.config import load_config  # noqa: E402
+
+TABLE1 = Path(__file__).resolve().parents[1] / "configs" / "table1.yaml"
+PATHS = {
+    "fp32 path": ["precision=fp32", "sampling.gemm=onednn", "train.group_by_length=false"],
+    "fast path": ["precision=auto", "sampling.gemm=auto", "train.group_by_length=true"],
+}
+
+
+def clock(kind: str):
+    """Seconds so far: CPU time of this process and its ended children, or wall time."""
+    if kind == "wall":
+        return time.perf_counter
+
+    def cpu() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    return cpu
+
+
+@contextmanager
+def timed_stages(kind: str) -> Iterator[dict[str, float]]:
+    """Within the block, every stage's seconds add up in the yielded dict, by kind (sample, train, ...)."""
+    seconds: dict[str, float] = defaultdict(float)
+    now = clock(kind)
+    original = pipeline.Run.stage
+
+    def stage(self, name, config, inputs, outputs, fn):
+        def timed():
+            start = now()
+            try:
+                return fn()
+            finally:
+                seconds[stage_kind(name)] += now() - start
+
+        return original(self, name, config, inputs, outputs, timed)
+
+    pipeline.Run.stage = stage
+    try:
+        yield seconds
+    finally:
+        pipeline.Run.stage = original
+
+
+def stage_kind(name: str) -> str:
+    """'seed-0/sample' -> 'sample', 'sft/evaluate-test' -> 'evaluate'."""
+    return name.rsplit("/", 1)[-1].split("-")[0]
+
+
+def overrides(args) -> list[str]:
+    return [
+        "seeds=[0]",
+        f"task.train_size={args.train_size}",
+        f"task.test_size={args.test_size}",
+        "arms=[{name: sft, loss: sft}, {name: sft+east, loss: sft, weighting: entropy, a: 1}]",
+        "grading.workers=1",
+    ]
+
+
+def accuracies(root: Path) -> dict[str, float]:
+    found = {}
+    for name in ("default", "seed-0/sft", "seed-0/sft+east"):
+        path = root / name / "eval-test.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())["accuracy"]
+    return found
+
+
+def choices(root: Path) -> str:
+    """What the `auto` settings chose, as the sample stage's manifest records it."""
+    counts = json.loads((root / "manifests" / "seed-0__sample.json").read_text())["counts"]
+    return ", ".join(f"{k} {counts[k]}" for k in ("precision", "gemm") if k in counts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-size", type=int, default=300)
+    parser.add_argument("--test-size", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    pipeline.console.quiet = True
+
+    seconds_of = {}
+    print(f"reduced {TABLE1.name}: 1 seed, arms sft and sft+east, {args.train_size} training and {args.test_size} "
+          f"test questions; torch {torch.__version__}, {args.threads} thread(s), clock {args.clock}")
+    with tempfile.TemporaryDirectory() as tmp:
+        # One small untimed run first: lazy imports and first-call costs would otherwise land on the first path.
+        warm = load_config(TABLE1, overrides(args) + ["task.train_size=8", "task.test_size=8", "train.epochs=1"])
+        pipeline.run_pipeline(warm, Path(tmp) / "warm-up")
+        for label, path_overrides in PATHS.items():
+            config = load_config(TABLE1, overrides(args) + path_overrides)
+            with timed_stages(args.clock) as seconds:
+                start = clock(args.clock)()
+                pipeline.run_pipeline(config, Path(tmp) / label.replace(" ", "-"))
+                total = clock(args.clock)() - start
+            seconds_of[label] = (dict(seconds), total)
+            root = Path(tmp) / label.replace(" ", "-")
+            found = accuracies(root)
+            print(f"{label}: {total:.1f} s; test accuracy " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in found.items())
+                  + (f"; auto chose {choices(root)}" if choices(root) else ""), flush=True)
+
+    kinds = sorted({k for seconds, _ in seconds_of.values() for k in seconds}, key=pipeline_order)
+    print(f"\n{'stage':10s} " + " ".join(f"{label:>10s}" for label in PATHS) + "   ratio")
+    for kind in kinds:
+        a, b = (seconds_of[label][0].get(kind, 0.0) for label in PATHS)
+        print(f"{kind:10s} {a:10.1f} {b:10.1f}   {a / b if b else float('nan'):.2f}x")
+    (_, fp32), (_, fast) = seconds_of["fp32 path"], seconds_of["fast path"]
+    print(f"{'total':10s} {fp32:10.1f} {fast:10.1f}   (seconds, {args.clock} clock, including loading and reporting)")
+    print(f"end-to-end speedup vs fp32 path: {fp32 / fast:.2f}x")
+
+
+def pipeline_order(kind: str) -> int:
+    order = ["bootstrap", "questions", "sample", "grade", "weight", "select", "train", "evaluate", "report"]
+    return order.index(kind) if kind in order else len(order)
+
+
+if __name__ == "__main__":
+    main()
