@@ -133,7 +133,8 @@ def zero3_cpu_config(tmp_path: Path) -> Path:
                        "bf16": {"enabled": False}, "fp16": {"enabled": False}})
     config = yaml.safe_load((REPO / "configs" / "accelerate" / "zero3.yaml").read_text())
     config["deepspeed_config"] = {"deepspeed_config_file": str(ds), "zero3_init_flag": True}
-    config.update(num_processes=2, mixed_precision="no")
+    del config["mixed_precision"]  # with a DeepSpeed JSON, precision is its bf16/fp16 sections (accelerate refuses both)
+    config["num_processes"] = 2
     path = tmp_path / "zero3-cpu.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
