@@ -1,8 +1,8 @@
 """Training under data parallel on CPU (gloo, 2 processes, OMP_NUM_THREADS=1): 1 process and 2 processes with the
 same global batch give the same parameters for weighted SFT (with gradient accumulation), DPO and KTO (with a
 reference model that differs from the policy), each beside a negative control that differs; DeepSpeed ZeRO-3 on CPU
-saves full weights equal to 1 process's; `east train` with `train.launcher` runs the stage as a worker subprocess
-and resumes from its Trainer checkpoints.
+saves full weights equal to 1 process's; an FSDP config on CPU stops with a one-line error; `east train` with
+`train.launcher` runs the stage as a worker subprocess and resumes from its Trainer checkpoints.
 
     pytest -m slow tests/test_distributed.py       (the launcher error paths at the end are not slow)
 
@@ -175,6 +175,22 @@ def test_zero3_on_cpu_saves_full_weights_equal_to_one_process(tmp_path):
     assert ours.keys() == theirs.keys()
     assert all(tensor.numel() == theirs[name].numel() > 0 for name, tensor in ours.items())  # not ZeRO-3's shards
     assert relative_difference(ours, theirs, backbone_state()) < SAME
+
+
+@pytest.mark.slow
+def test_fsdp_config_on_cpu_fails_loudly_instead_of_training_ddp(tmp_path):
+    """accelerate drops FSDP on CPU and would train plain DDP; the worker stops with east's one-line error."""
+    root = tmp_path / "run"
+    arm = worker_arm(root, "fsdp", accumulation=2)
+    log = tmp_path / "fsdp.log"
+    command = launch("--config_file", str(REPO / "configs" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2",
+                     "--mixed_precision", "no", "-m", "east.training.worker", str(root), "fsdp")
+    with open(log, "w") as handle:
+        code = subprocess.run(command, cwd=REPO, env=env(ACCELERATE_USE_CPU="true"), stdout=handle,
+                              stderr=subprocess.STDOUT).returncode
+    assert code != 0
+    assert "error: the accelerate config asks for FSDP but accelerate runs MULTI_CPU" in log.read_text()
+    assert not (arm / "model").exists()
 
 
 # ----------------------------------------------------------------------------------------------------
