@@ -275,6 +275,18 @@ def test_worker_that_wrote_no_model_is_an_error(tmp_path):
         train_through_launcher(run_, cell, "builtin", {}, {})
 
 
+def test_an_earlier_runs_outputs_do_not_pass_for_a_worker_that_wrote_nothing(tmp_path):
+    from east.pipeline import train_through_launcher
+
+    run_, cell = launcher_run(tmp_path, f"{sys.executable} -c pass")
+    arm = tmp_path / "seed-0" / "east"
+    io.write_json(arm / "train_metrics.json", {"settings": {"processes": 2}})
+    (arm / "model").mkdir()
+    (arm / "model" / "model.safetensors").write_bytes(b"weights of an earlier run")
+    with pytest.raises(UserError, match="exited 0 but wrote no train_metrics.json"):
+        train_through_launcher(run_, cell, "builtin", {}, {})
+
+
 def test_missing_launcher_program_is_one_line(tmp_path):
     from east.pipeline import train_through_launcher
 
