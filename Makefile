@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,tracking]"
+	$(PY) -m pip install -q -e ".[test,tracking,distributed]"
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)

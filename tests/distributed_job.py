@@ -11,6 +11,7 @@ condition of the equivalence, so the test can show them differing:
 
     sft            weighted SFT, gradient accumulation (2 processes x 2 micro-batches = 1 x 4), rows of unequal length
     sft-control    the same with average_tokens_across_devices=False: each rank normalises by its own tokens
+    sft-lwp        the same as sft with LW(P) local weights (normalised over each micro-batch of 2 rows)
     dpo            weighted DPO, 8 pairs (every micro-batch full)
     dpo-control    7 pairs: the last batch is not full, accelerate pads it with a row from the epoch's start
     kto            weighted KTO, loss_type "kto", with a reference model that differs from the policy
@@ -93,8 +94,9 @@ def trainer_for(case: str, out: Path):
 
     model, tokenizer = load()
     if case.startswith("sft"):
-        args = SFTConfig(**common(out, case, 2), average_tokens_across_devices=case == "sft")
-        return WeightedSFTTrainer(model, args=args, train_dataset=Dataset.from_list(sft_rows(16)), processing_class=tokenizer)
+        args = SFTConfig(**common(out, case, 2), average_tokens_across_devices=case != "sft-control")
+        return WeightedSFTTrainer(model, args=args, train_dataset=Dataset.from_list(sft_rows(16)), processing_class=tokenizer,
+                                  local_weighting="lw_p" if case == "sft-lwp" else None)
     if case.startswith("dpo"):
         rows = dpo_rows(8 if case == "dpo" else 7)
         args = DPOConfig(**common(out, case, 1), beta=0.5)
@@ -119,7 +121,7 @@ def main(out: Path, cases: list[str]) -> None:
         if trainer.accelerator.is_main_process:
             model = trainer.accelerator.unwrap_model(trainer.model)
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            logged = [e for e in trainer.state.log_history if "weight/mean" in e]
+            logged = [{k: v for k, v in e.items() if "weight/" in k} for e in trainer.state.log_history if "weight/mean" in e]
             torch.save({"state": state, "logged": logged, "steps": trainer.state.global_step}, out / f"{case}-{world()}.pt")
         trainer.accelerator.wait_for_everyone()
 

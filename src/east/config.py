@@ -167,7 +167,7 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
     logging_steps: int = Field(10, ge=1)
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every k steps (resume point).")
-    launcher: str | None = Field(None, description="Run each train stage as `<launcher> -m east.training.worker RUN_DIR "
+    launcher: str | None = Field(None, min_length=1, description="Run each train stage as `<launcher> -m east.training.worker RUN_DIR "
                                  "ARM`, e.g. 'accelerate launch --config_file configs/accelerate/zero3.yaml' (None: in "
                                  "this process). batch_size is per process: the global batch is processes x batch_size "
                                  "x grad_accum.")

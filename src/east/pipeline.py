@@ -605,6 +605,7 @@ def train_through_launcher(run: Run, cell: Cell, start: str, args: dict[str, Any
                                                 "tracking": {k: str(v) if isinstance(v, Path) else v
                                                              for k, v in tracking.items()}})
     log = directory / worker.LOG_FILE
+    (directory / "train_metrics.json").unlink(missing_ok=True)  # an earlier run's must not pass for this one's
     command = [*shlex.split(run.config.train.launcher), "-m", "east.training.worker", str(run.root), cell.arm_name()]
     run.log(f"  {shlex.join(command)}  (log: {log})")
     with open(log, "w") as handle:
