@@ -2,8 +2,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The tests also run the distributed paths (Ray, DeepSpeed on CPU): east-selftrain[distributed], not needed by the demo.
-TEST_STAMP := $(VENV)/.installed-distributed
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
@@ -18,17 +16,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test,tracking,distributed]"
 	touch $(STAMP)
 
-$(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[test,tracking,distributed]"
-	touch $(TEST_STAMP)
-
 demo: $(STAMP)
 	$(VENV)/bin/east demo
 
-test: $(TEST_STAMP)
+test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-bench: $(TEST_STAMP)
+bench: $(STAMP)
 	$(PY) benchmarks/sampling.py
 	$(PY) benchmarks/grading.py
 	$(PY) benchmarks/training.py

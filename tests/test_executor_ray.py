@@ -22,7 +22,7 @@ RAY = {"executor": "ray", "data_parallel_size": 2, "max_new_tokens": 48, "n": 4}
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=False, _system_config={"worker_niceness": 0})  # as east.executor.connect
     yield
     ray.shutdown()
 

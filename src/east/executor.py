@@ -308,8 +308,11 @@ def connect(sampling: SamplingConfig):
     ray = import_ray()
     if ray.is_initialized():
         return ray
+    # A cluster started here runs its workers at niceness 0: they do the stage's work, and Ray's default (15)
+    # starves them behind every other process of a shared machine. A joined cluster keeps its own settings.
+    system = {"worker_niceness": 0} if sampling.ray_address is None else None
     try:
-        ray.init(address=sampling.ray_address, include_dashboard=False)
+        ray.init(address=sampling.ray_address, include_dashboard=False, _system_config=system)
     except ConnectionError as exc:
         raise UserError(f"sampling.ray_address={sampling.ray_address!r}: no Ray cluster to join "
                         f"({io.first_line(exc)}); start one with `ray start --head` or set sampling.ray_address=null "

@@ -686,7 +686,7 @@ def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], dir
                                                    directory / f"eval-{split}-shards", fingerprint)
             else:
                 rows, summary = evaluate(
-                questions, prompts,
+                    questions, prompts,
                     lambda ps, n, temperature, seed: generate(run, model, tokenizer, ps, n, temperature=temperature,
                                                               seed=seed, max_new_tokens=cfg.max_new_tokens,
                                                               token_budget=cfg.token_budget),
