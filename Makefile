@@ -26,6 +26,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/sampling.py
 	$(PY) benchmarks/grading.py
 	$(PY) benchmarks/training.py
+	$(PY) benchmarks/precision.py
+	$(PY) benchmarks/pipeline.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
