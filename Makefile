@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/grading.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/executor.py
+	$(PY) benchmarks/precision.py
+	$(PY) benchmarks/pipeline.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

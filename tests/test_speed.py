@@ -291,3 +291,19 @@ def test_group_by_length_trains_on_the_same_rows(tmp_path):
     a, b = loss_curve(plain), loss_curve(grouped)
     assert len(a) == len(b) == len(rows)
     torch.testing.assert_close(sorted(b), sorted(a), rtol=1e-6, atol=0)
+
+
+def test_the_sample_manifest_records_what_auto_chose(tmp_path, monkeypatch):
+    from test_sampling import tiny_llama
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(onednn, "_CHOSEN", {})
+    monkeypatch.setattr(onednn, "gemm_seconds", lambda shapes: {"onednn": 1.0, "torch": 0.5})
+    auto = pipeline.Run(config=load_config(None, ["precision=auto", "sampling.gemm=auto"]), root=tmp_path)
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx512_bf16"})
+    # bf16 weights: one matmul path, nothing to choose
+    assert pipeline.sampler_choices(auto, tiny_llama(20).to(torch.bfloat16)) == {"precision": "bf16"}
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx2"})
+    assert pipeline.sampler_choices(auto, tiny_llama(20)) == {"precision": "fp32", "gemm": "torch"}
+    plain = pipeline.Run(config=RunConfig(), root=tmp_path)
+    assert pipeline.sampler_choices(plain, tiny_llama(20)) == {}

@@ -262,7 +262,7 @@ class RunConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     dast: DastConfig = Field(default_factory=DastConfig, description="DAST settings, used by arms with data dast_p / dast_l.")
     arms: list[ArmConfig] = Field(default_factory=default_arms)
-    # Speed settings (issue 15). Neither changes a result in fp32; bf16 does (within the numerics docs/ report).
+    # Speed settings (issue 15, README "Speed settings"): the defaults reproduce what east did before them.
     precision: Literal["default", "fp32", "bf16", "auto"] = Field(
         "default", description="Compute precision (east.precision): default (as before the key existed: bf16 on a "
         "CUDA device with bf16, else fp32); fp32; bf16 (sampling in bf16, training with bf16 autocast over fp32 "

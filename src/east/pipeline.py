@@ -288,11 +288,18 @@ def sampler_choices(run: Run, model) -> dict[str, str]:
     choices = {}
     if run.config.precision == "auto":
         choices["precision"] = run_precision(run)
-    if run.config.sampling.gemm == "auto" and run.config.sampling.backend == "hf" and getattr(model, "device", None) is not None:
+    if run.config.sampling.gemm == "auto" and run.config.sampling.backend == "hf" and is_fp32_cpu(model):
         from east.sampling.onednn import resolve_gemm
 
         choices["gemm"] = resolve_gemm(model, "auto")  # timed once per process and model shape: this reads the choice
     return choices
+
+
+def is_fp32_cpu(model) -> bool:
+    """Whether `sampling.gemm` applies to this model: fp32 weights on CPU (bf16 products have one path)."""
+    import torch
+
+    return getattr(model, "device", None) == torch.device("cpu") and getattr(model, "dtype", None) == torch.float32
 
 
 def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, seed: int, temperature: float | None = None,
