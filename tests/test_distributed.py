@@ -1,7 +1,8 @@
 """Training under data parallel on CPU (gloo, 2 processes, OMP_NUM_THREADS=1): 1 process and 2 processes with the
 same global batch give the same parameters for weighted SFT (with gradient accumulation), DPO and KTO (with a
 reference model that differs from the policy), each beside a negative control that differs; DeepSpeed ZeRO-3 on CPU
-saves full weights equal to 1 process's; an FSDP config on CPU stops with a one-line error; `east train` with
+saves full weights equal to 1 process's; LoRA under DDP writes merged full weights from rank 0 alone, equal to 1
+process's; an FSDP config on CPU stops with a one-line error; `east train` with
 `train.launcher` runs the stage as a worker subprocess and resumes from its Trainer checkpoints.
 
     pytest -m slow tests/test_distributed.py       (the launcher error paths at the end are not slow)
@@ -142,7 +143,7 @@ def zero3_cpu_config(tmp_path: Path) -> Path:
     return path
 
 
-def worker_arm(root: Path, name: str, accumulation: int) -> Path:
+def worker_arm(root: Path, name: str, accumulation: int, **extra) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
     from distributed_job import sft_rows
 
@@ -152,7 +153,7 @@ def worker_arm(root: Path, name: str, accumulation: int) -> Path:
     io.write_parquet(arm / "rows.parquet", [{**row, "question_id": f"q{i}"} for i, row in enumerate(sft_rows(8))])
     args = {"loss": "sft", "learning_rate": 5e-3, "num_train_epochs": 1, "per_device_train_batch_size": 2,
             "gradient_accumulation_steps": accumulation, "max_length": 64, "seed": 0, "logging_steps": 1,
-            "warmup_ratio": 0.0, "lr_scheduler_type": "constant"}
+            "warmup_ratio": 0.0, "lr_scheduler_type": "constant", **extra}
     io.write_json(arm / "worker.json", {"start": str(builtin_checkpoint()), "args": args, "tracking": {}})
     return arm
 
@@ -175,6 +176,49 @@ def test_zero3_on_cpu_saves_full_weights_equal_to_one_process(tmp_path):
     assert ours.keys() == theirs.keys()
     assert all(tensor.numel() == theirs[name].numel() > 0 for name, tensor in ours.items())  # not ZeRO-3's shards
     assert relative_difference(ours, theirs, backbone_state()) < SAME
+
+
+# LoRA under DDP: the main process merges and writes; the test counts the writers by wrapping write_model.
+RECORDING_WORKER = """
+import os, sys
+from east.training import run, worker
+write_model = run.write_model
+def recorded(*args, **kwargs):
+    with open(sys.argv[3], "a") as log:
+        log.write(os.environ.get("RANK", "0") + "\\n")
+    return write_model(*args, **kwargs)
+run.write_model = recorded
+sys.exit(worker.main(sys.argv[1:3]))
+"""
+
+
+@pytest.mark.slow
+def test_lora_under_two_processes_writes_merged_weights_once_equal_to_one_process(tmp_path):
+    from safetensors.torch import load_file
+
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+    root = tmp_path / "run"
+    ddp, single = worker_arm(root, "ddp", 2, lora=lora), worker_arm(root, "one", 4, lora=lora)
+    script, writers = tmp_path / "recording_worker.py", tmp_path / "writers.txt"
+    script.write_text(RECORDING_WORKER)
+    run(launch(*TWO_CPU_PROCESSES, str(script), str(root), "ddp", str(writers)), tmp_path / "ddp.log",
+        ACCELERATE_USE_CPU="true")
+    assert writers.read_text().split() == ["0"]  # rank 1 gathered nothing and wrote nothing
+    writers.unlink()
+    run([sys.executable, str(script), str(root), "one", str(writers)], tmp_path / "one.log")
+    assert io.read_json(ddp / "train_metrics.json")["settings"]["processes"] == 2
+    ours, theirs, start = (load_file(path) for path in (ddp / "model" / "model.safetensors",
+                                                          single / "model" / "model.safetensors",
+                                                          builtin_checkpoint_file()))
+    assert ours.keys() == theirs.keys() == start.keys()  # merged: the backbone's names, no lora_A/lora_B
+    assert sorted(p.name for p in ddp.iterdir() if p.name.startswith(".model")) == []  # no temp dir left
+    assert relative_difference(ours, theirs, start) < SAME  # (it also asserts that LoRA moved the merged weights)
+
+
+def builtin_checkpoint_file() -> Path:
+    from east.backbone import builtin_checkpoint
+
+    return builtin_checkpoint() / "model.safetensors"
 
 
 @pytest.mark.slow
