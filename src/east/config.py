@@ -75,7 +75,7 @@ class PromptConfig(Section):
 
 
 # Where sampling runs, not what it draws (SamplingConfig.key_dump leaves them out of stage keys).
-PLACEMENT_KEYS = {"executor", "data_parallel_size", "ray_address", "ray_num_cpus", "ray_num_gpus"}
+PLACEMENT_KEYS = {"executor", "data_parallel_size", "ray_address", "ray_num_cpus", "ray_num_gpus", "launcher"}
 
 
 class SamplingConfig(Section):
@@ -95,9 +95,10 @@ class SamplingConfig(Section):
         "faster (east.sampling.onednn). The paths agree up to float rounding.")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm only: GPUs each vLLM engine spans.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm only.")
-    executor: Literal["local", "ray"] = Field(
-        "local", description="Where sample and evaluation shards run: in this process, or on Ray actors "
-        "(east.executor; needs east-selftrain[distributed]). The samples are the same either way.")
+    executor: Literal["local", "ray", "launcher"] = Field(
+        "local", description="Where sample and evaluation shards run: in this process, on Ray actors "
+        "(east.executor; needs east-selftrain[distributed]), or in the processes of sampling.launcher "
+        "(east.executor_worker). The samples are the same either way.")
     data_parallel_size: int = Field(1, ge=1, description="executor ray: replicas of the sampler (Ray actors), each "
                                     "loading the model once and drawing whole shards.")
     ray_address: str | None = Field(None, description="executor ray: the cluster to join ('auto': the one `ray start` "
@@ -105,12 +106,22 @@ class SamplingConfig(Section):
     ray_num_cpus: float = Field(1.0, gt=0, description="executor ray: CPUs each replica reserves.")
     ray_num_gpus: float | None = Field(None, ge=0, description="executor ray: GPUs each replica reserves (None: "
                                        "tensor_parallel_size for vllm, 0 for hf).")
+    launcher: str | None = Field(None, min_length=1, description="executor launcher: the command that starts the "
+                                 "sampling processes, run as `<launcher> -m east.executor_worker PLAN` (e.g. "
+                                 "'torchrun --nproc_per_node 8'); each process (RANK of WORLD_SIZE) draws its share "
+                                 "of the shards.")
 
     @model_validator(mode="after")
     def _replicas_need_ray(self) -> SamplingConfig:
         if self.data_parallel_size > 1 and self.executor != "ray":
             raise ValueError(f"sampling.data_parallel_size={self.data_parallel_size} runs that many Ray replicas; set "
                              "sampling.executor=ray (with east-selftrain[distributed]) or data_parallel_size=1")
+        if self.executor == "launcher" and self.launcher is None:
+            raise ValueError("sampling.executor=launcher needs sampling.launcher, the command that starts the "
+                             "processes (e.g. 'torchrun --nproc_per_node 8'); or set sampling.executor=local")
+        if self.launcher is not None and self.executor != "launcher":
+            raise ValueError(f"sampling.launcher is used only by sampling.executor=launcher (it is {self.executor}); "
+                             "set sampling.executor=launcher or remove sampling.launcher")
         return self
 
     def key_dump(self) -> dict[str, Any]:

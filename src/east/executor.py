@@ -13,6 +13,11 @@ atomically (temporary name + rename, east.io), so a shard file is either whole o
 rest to the replicas through `ray.util.ActorPool` and merges the files in shard order. Several nodes need only a
 filesystem that every node sees at the same path.
 
+With `sampling.executor: launcher` the orchestrator writes the plan (the shards still to draw and the Backend) to
+PLAN_FILE in the shard directory and runs `<sampling.launcher> -m east.executor_worker PLAN` (e.g. torchrun): each
+of its processes draws every WORLD_SIZE-th shard of the plan, from its RANK on (east.executor_worker), writing each
+file atomically as above; the orchestrator then checks that every shard is on disk and merges as before.
+
 Which executor drew a shard, on how many replicas and where, is left out of stage keys
 (`SamplingConfig.key_dump`): a run started on a cluster and resumed in process keeps its finished shards.
 Ray start-up is not free (a local cluster takes ~6 s, each replica loads the model): benchmarks/executor.py.
@@ -21,7 +26,7 @@ Ray start-up is not free (a local cluster takes ~6 s, each replica loads the mod
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -245,6 +250,9 @@ def draw_shards(shards: Sequence, backend: Backend, *, local_worker: Callable[[]
     if backend.sampling.executor == "ray":
         draw_on_ray(shards, backend, progress)
         return
+    if backend.sampling.executor == "launcher":
+        draw_through_launcher(shards, backend, progress)
+        return
     worker = local_worker()
     for shard in shards:
         progress.done(*worker.draw(shard))
@@ -342,3 +350,63 @@ def draw_on_ray(shards: Sequence, backend: Backend, progress: Progress) -> None:
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+# ----------------------------------------------------------------------------------------------------
+# sampling.executor: launcher (the workers are east.executor_worker)
+
+PLAN_FILE = "launcher-plan.json"
+LOG_FILE = "launcher-worker.log"
+SHARD_TYPES = {"sample": SampleShard, "eval": EvalShard}
+
+
+def plan_json(shards: Sequence, backend: Backend) -> dict[str, Any]:
+    """The shards to draw and the Backend, as JSON a worker process rebuilds them from (`plan_from_json`)."""
+    kind = {cls: name for name, cls in SHARD_TYPES.items()}[type(shards[0])]
+    return {"kind": kind, "backend": {"sampling": backend.sampling.model_dump(mode="json"),
+                                      "model": backend.model.model_dump(mode="json"), "path": backend.path},
+            "shards": [{**asdict(shard), "path": str(shard.path)} for shard in shards]}
+
+
+def plan_from_json(plan: dict[str, Any]) -> tuple[list, Backend]:
+    cls = SHARD_TYPES[plan["kind"]]
+    tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}  # JSON made them lists
+    shards = [cls(**{k: Path(v) if k == "path" else tuple(v) if k in tuples else v for k, v in shard.items()})
+              for shard in plan["shards"]]
+    backend = plan["backend"]
+    return shards, Backend(SamplingConfig.model_validate(backend["sampling"]),
+                           ModelConfig.model_validate(backend["model"]), backend["path"])
+
+
+def rank_shards(shards: Sequence, rank: int, world: int) -> list:
+    """The shards process `rank` of `world` draws: every world-th of the plan from its rank on. By position in the
+    plan (the shards still to draw), not by shard index, so a resumed stage's leftovers are spread evenly too."""
+    return list(shards[rank::world])
+
+
+def draw_through_launcher(shards: Sequence, backend: Backend, progress: Progress) -> None:
+    """Run east.executor_worker under sampling.launcher on a plan of `shards`; then every shard must be on disk."""
+    import shlex
+    import subprocess
+
+    from east.pipeline import die_with_parent, worker_error
+
+    directory = shards[0].path.parent
+    plan, log = directory / PLAN_FILE, directory / LOG_FILE
+    io.write_json(plan, plan_json(shards, backend))
+    command = [*shlex.split(backend.sampling.launcher), "-m", "east.executor_worker", str(plan)]
+    progress.log(f"  {len(shards)} shard(s): {shlex.join(command)}  (log: {log})")
+    with open(log, "w") as handle:
+        try:
+            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  preexec_fn=die_with_parent).returncode
+        except FileNotFoundError:
+            raise UserError(f"sampling.launcher: {command[0]!r} not found; install it or give its full path") from None
+    if code != 0:
+        raise UserError(f"the sampling worker failed (exit {code}{worker_error(log)}); see {log}")
+    missing = unfinished(shards)
+    if missing:
+        raise UserError(f"the sampling worker exited 0 but {len(missing)} shard(s) are not on disk (first: "
+                        f"{missing[0].path}); see {log}")
+    for shard in shards:
+        progress.done(shard.index, len(shard.prompts))

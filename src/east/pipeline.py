@@ -324,8 +324,9 @@ def sampler(run: Run, path: str):
 
 def loaded_for_prompts(run: Run, backend) -> tuple[Any, Any]:
     """In process: the model (it draws here too) and its tokenizer. Under Ray the replicas hold the model; the
-    orchestrator needs only the tokenizer and the model's context length to render and check prompts."""
-    return backend.load_for_prompts() if run.config.sampling.executor == "ray" else backend.load()
+    orchestrator needs only the tokenizer and the model's context length to render and check prompts (so too under
+    sampling.launcher, whose processes hold it)."""
+    return backend.load_for_prompts() if run.config.sampling.executor != "local" else backend.load()
 
 
 def grade_sets(run: Run, sample_sets: list[SampleSet], golds: dict[str, str]) -> tuple[list[GradedSet], dict]:
@@ -687,7 +688,7 @@ def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], dir
             model, tokenizer = loaded_for_prompts(run, backend)
             questions, prompts, skipped = fitting_prompts(run, model, tokenizer, questions,
                                                           prompts_for(run, tokenizer, questions), split)
-            if run.config.sampling.executor == "ray":
+            if run.config.sampling.executor != "local":
                 fingerprint = stage_key(config, {d: run.key_of(d) for d in deps + ["questions"]})
                 rows, summary = sharded_evaluation(run, backend, questions, prompts,
                                                    directory / f"eval-{split}-shards", fingerprint)
