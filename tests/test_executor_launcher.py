@@ -2,7 +2,8 @@
 shards and Backend; each rank draws every WORLD_SIZE-th shard and together they draw each once; the config refuses
 a launcher without the executor and the reverse, and keeps `launcher` out of stage keys; a failed worker, or one that
 leaves a shard undrawn, is one line naming its log. Slow: 2 processes under `python -m torch.distributed.run` (CPU,
-no process group) draw sample and evaluation shards identical to the local executor's, told apart from another seed.
+no process group) draw sample and evaluation shards identical to the local executor's, told apart from another seed;
+`east sample` under that launcher writes the local run's samples.parquet byte for byte, under the same stage key.
 
     pytest tests/test_executor_launcher.py               (the slow test: add -m slow)
 """
@@ -10,6 +11,7 @@ no process group) draw sample and evaluation shards identical to the local execu
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -125,3 +127,26 @@ def test_two_launched_processes_draw_what_the_local_executor_draws(material, tmp
     log = (tmp_path / "launched" / executor.LOG_FILE).read_text()
     assert "rank 0: shard 0" in log and "rank 1: shard 1" in log and "rank 0: shard 2" in log  # both ranks drew
     assert drawn(eval_plan("eval-launched"), launched) == drawn(eval_plan("eval-local"), local)
+
+
+@pytest.mark.slow
+def test_east_sample_under_a_launcher_writes_the_local_samples_parquet(tmp_path):
+    """Through the pipeline (stage_sample): the same samples.parquet, byte for byte, and the same stage key, so a run
+    sampled under a launcher resumes in process without redrawing."""
+    import os
+    import subprocess
+
+    tiny = ["task.train_size=8", "task.test_size=4", "sampling.n=2", "sampling.max_new_tokens=24",
+            "sampling.shard_size=2"]
+    launcher = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for name, extra in (("local", []), ("launched", ["sampling.executor=launcher", f"sampling.launcher={launcher}"])):
+        proc = subprocess.run([sys.executable, "-m", "east.cli", "sample", "configs/demo.yaml", "--out",
+                               str(tmp_path / name), *tiny, *extra], env=env, capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    local, launched = (tmp_path / name / "seed-0" for name in ("local", "launched"))
+    assert (launched / "samples.parquet").read_bytes() == (local / "samples.parquet").read_bytes()
+    assert "rank 1: shard" in (launched / "shards" / executor.LOG_FILE).read_text()
+    keys = [io.read_json(tmp_path / name / "manifests" / "seed-0__sample.json")["key"] for name in ("local", "launched")]
+    assert keys[0] == keys[1]
