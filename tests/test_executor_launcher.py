@@ -49,6 +49,16 @@ def test_ranks_draw_every_shard_once_and_evenly():
     assert executor.rank_shards(shards, 0, 1) == shards
 
 
+def test_each_process_of_a_node_takes_its_own_gpus():
+    from east.executor_worker import own_devices
+
+    assert own_devices(0, 1, 1, None) is None  # one process: it sees what it was given
+    assert [own_devices(r, 4, 2, None) for r in range(4)] == ["0,1", "2,3", "4,5", "6,7"]
+    assert [own_devices(r, 2, 1, "3,5,7") for r in range(2)] == ["3", "5"]
+    with pytest.raises(UserError, match="2 processes per node, each taking sampling.tensor_parallel_size=2"):
+        own_devices(0, 2, 2, "0,1,2")
+
+
 def test_launcher_and_executor_must_come_together():
     with pytest.raises(ValidationError, match="sampling.executor=launcher needs sampling.launcher"):
         SamplingConfig(executor="launcher")
