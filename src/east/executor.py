@@ -387,21 +387,15 @@ def rank_shards(shards: Sequence, rank: int, world: int) -> list:
 def draw_through_launcher(shards: Sequence, backend: Backend, progress: Progress) -> None:
     """Run east.executor_worker under sampling.launcher on a plan of `shards`; then every shard must be on disk."""
     import shlex
-    import subprocess
 
-    from east.pipeline import die_with_parent, worker_error
+    from east.pipeline import launched_exit_code, worker_error
 
     directory = shards[0].path.parent
     plan, log = directory / PLAN_FILE, directory / LOG_FILE
     io.write_json(plan, plan_json(shards, backend))
     command = [*shlex.split(backend.sampling.launcher), "-m", "east.executor_worker", str(plan)]
     progress.log(f"  {len(shards)} shard(s): {shlex.join(command)}  (log: {log})")
-    with open(log, "w") as handle:
-        try:
-            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  preexec_fn=die_with_parent).returncode
-        except FileNotFoundError:
-            raise UserError(f"sampling.launcher: {command[0]!r} not found; install it or give its full path") from None
+    code = launched_exit_code(command, log, "sampling.launcher")
     if code != 0:
         raise UserError(f"the sampling worker failed (exit {code}{worker_error(log)}); see {log}")
     missing = unfinished(shards)

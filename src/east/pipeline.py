@@ -603,7 +603,6 @@ def train_through_launcher(run: Run, cell: Cell, start: str, args: dict[str, Any
     This process keeps the run directory's lock and writes the manifest; the worker's output goes to its log file,
     named (with its last error line) in the one-line error if it fails."""
     import shlex
-    import subprocess
     import sys
 
     from east.training import worker
@@ -616,17 +615,25 @@ def train_through_launcher(run: Run, cell: Cell, start: str, args: dict[str, Any
     (directory / "train_metrics.json").unlink(missing_ok=True)  # an earlier run's must not pass for this one's
     command = [*shlex.split(run.config.train.launcher), "-m", "east.training.worker", str(run.root), cell.arm_name()]
     run.log(f"  {shlex.join(command)}  (log: {log})")
-    with open(log, "w") as handle:
-        try:
-            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  preexec_fn=die_with_parent).returncode
-        except FileNotFoundError:
-            raise UserError(f"train.launcher: {command[0]!r} not found; install it or give its full path "
-                            f"(e.g. {sys.executable} -m accelerate.commands.launch ...)") from None
+    code = launched_exit_code(command, log, "train.launcher",
+                              f" (e.g. {sys.executable} -m accelerate.commands.launch ...)")
     if code != 0:
         raise UserError(f"arm {cell.arm.label()}: the training worker failed (exit {code}{worker_error(log)}); "
                         f"see {log}")
     return launched_counts(cell, directory, log)
+
+
+def launched_exit_code(command: list[str], log: Path, key: str, hint: str = "") -> int:
+    """The exit code of a launcher command run with its output in `log`, killed if `east` dies; a launcher program
+    that does not exist is a one-line error naming the config key."""
+    import subprocess
+
+    with open(log, "w") as handle:
+        try:
+            return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  preexec_fn=die_with_parent).returncode
+        except FileNotFoundError:
+            raise UserError(f"{key}: {command[0]!r} not found; install it or give its full path{hint}") from None
 
 
 def die_with_parent() -> None:
