@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def own_devices(local_rank: int, local_world: int, per_process: int, visible: str | None) -> str | None:
     """CUDA_VISIBLE_DEVICES for process local_rank of local_world on its node: per_process consecutive GPUs of
     those visible (all of them as 0, 1, ... when the variable is unset). None (leave it) for one process per node.
@@ -61,6 +60,7 @@ def own_devices(local_rank: int, local_world: int, per_process: int, visible: st
                         f"sampling.tensor_parallel_size={per_process} GPU(s), but CUDA_VISIBLE_DEVICES={visible} "
                         "has fewer; start fewer processes per node or lower tensor_parallel_size")
     return ",".join(ids[local_rank * per_process:(local_rank + 1) * per_process])
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -218,14 +218,14 @@ def trainer_prompts(dataset: Dataset, tokenizer) -> Dataset:
 def training_dtype(precision: str | None = None) -> tuple[torch.dtype, bool]:
     """(model dtype, bf16 flag). None: bf16 on a CUDA device that supports it, float32 otherwise (as before the
     precision setting). "bf16" on CPU keeps fp32 weights (the optimizer's master copy) under bf16 autocast."""
-    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if precision is None:
-        precision = "bf16" if cuda_bf16 else "fp32"
+    from east.precision import cuda_has_bf16, previous_default
+
+    precision = previous_default() if precision is None else precision
     if precision == "fp32":
         return torch.float32, False
     if precision != "bf16":
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    return (torch.bfloat16 if cuda_bf16 else torch.float32), True
+    return (torch.bfloat16 if cuda_has_bf16() else torch.float32), True
 
 
 def point_tensorboard(trainer, directory: Path) -> None:
