@@ -3,7 +3,8 @@
 Run: `.venv/bin/python benchmarks/training.py [--repeats 5] [--steps 20] [--precisions fp32,bf16]`. Each repeat trains a
 fresh copy of the same random Llama (hidden 128, 4 layers) for --steps optimizer steps with each trainer, rotating
 which goes first, on one thread; only `trainer.train()` is timed, both as wall time and as process CPU time.
-"ours bf16" is `precision: bf16` (fp32 weights, bf16 autocast: transformers' bf16=True with use_cpu=True).
+"ours bf16" is `precision: bf16` (fp32 weights, bf16 autocast: transformers' bf16=True with use_cpu=True; attention
+in fp32, east.training.run.fp32_attention).
 Per trainer it prints tokens/s (target and prompt tokens of the rows, padding not counted) and the share of this
 machine's matmul peak in the dtype that does the products (6 x matmul parameters FLOPs per token, against a 2048^2
 product timed here). The overhead on the last line, `weighted training overhead: N.N%`, compares median CPU times of
@@ -35,6 +36,7 @@ from trl import SFTConfig, SFTTrainer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from training_helpers import sft_rows, tiny_tokenizer  # noqa: E402
 
+from east.training.run import fp32_attention  # noqa: E402
 from east.training.sft import WeightedSFTTrainer  # noqa: E402
 
 
@@ -59,7 +61,8 @@ def time_one(cls, model, tokenizer, dataset, steps: int, batch: int, out: str, b
     trainer.remove_callback(PrinterCallback)
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"][: steps * batch])
     wall, cpu = time.perf_counter(), time.process_time()
-    trainer.train()
+    with fp32_attention(trainer.model, enabled=bf16 and cls is WeightedSFTTrainer):  # as east.training.train does
+        trainer.train()
     return time.perf_counter() - wall, time.process_time() - cpu, tokens
 
 

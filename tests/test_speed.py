@@ -247,6 +247,46 @@ def test_bf16_training_autocasts_over_fp32_weights(tmp_path):
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=2e-2, atol=0)
 
 
+def test_bf16_training_on_cpu_attends_in_fp32_and_saves_the_models_own_attention(tmp_path, monkeypatch):
+    import east.training.run as run
+
+    seen = []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        out, weights = run_fp32_sdpa(module, query, key, value, attention_mask, **kwargs)
+        seen.append((query.dtype, out.dtype, torch.is_autocast_enabled("cpu")))
+        return out, weights
+
+    run_fp32_sdpa = run.fp32_sdpa
+    monkeypatch.setattr(run, "fp32_sdpa", spy)
+    rows = sft_rows([1.0, 2.0, 0.5, 1.0])
+    path, model = train_and_load(tmp_path / "bf16", "sft", rows, precision="bf16")
+    # Under autocast (without this function, sdpa would run in bf16); the output keeps the query's dtype.
+    assert seen and all(autocast and q == out for q, out, autocast in seen)
+    assert run.FP32_ATTENTION not in (path / "config.json").read_text()
+    assert model.config._attn_implementation == "sdpa"
+    seen.clear()
+    train_and_load(tmp_path / "fp32", "sft", rows, precision="fp32")
+    assert not seen  # fp32 training keeps sdpa: the loss curve of before
+
+
+def test_fp32_sdpa_is_sdpa_computed_in_fp32():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from east.training.run import fp32_sdpa
+
+    module = torch.nn.Module()
+    module.is_causal, module.training = True, False
+    q, k, v = (torch.randn(2, 4, 7, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    expected, _ = sdpa_attention_forward(module, q, k, v, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = fp32_sdpa(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=3e-2)  # only the inputs' bf16 rounding differs
+    exact, _ = fp32_sdpa(module, q, k, v, None)
+    assert torch.equal(exact, expected)
+
+
 def test_group_by_length_is_refused_for_dpo(tmp_path):
     with pytest.raises(ValueError, match="group_by_length is for SFT only"):
         train_and_load(tmp_path, "dpo", dpo_rows([1.0, 1.0]), group_by_length=True, beta=0.1)
