@@ -42,6 +42,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from east import pipeline  # noqa: E402
 from east.config import load_config  # noqa: E402
+from east.precision import cpu_description  # noqa: E402
 
 TABLE1 = Path(__file__).resolve().parents[1] / "configs" / "table1.yaml"
 PATHS = {
@@ -129,7 +130,7 @@ def main() -> None:
 
     seconds_of = {}
     print(f"reduced {TABLE1.name}: 1 seed, arms sft and sft+east, {args.train_size} training and {args.test_size} "
-          f"test questions; torch {torch.__version__}, {args.threads} thread(s), clock {args.clock}")
+          f"test questions; torch {torch.__version__}, {args.threads} thread(s), clock {args.clock}; {cpu_description()}")
     with tempfile.TemporaryDirectory() as tmp:
         # One small untimed run first: lazy imports and first-call costs would otherwise land on the first path.
         warm = load_config(TABLE1, overrides(args) + ["task.train_size=8", "task.test_size=8", "train.epochs=1"])

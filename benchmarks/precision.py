@@ -32,7 +32,7 @@ from east.backbone import builtin_checkpoint  # noqa: E402
 from east.grading import grade_sample_sets  # noqa: E402
 from east.models import load_model_and_tokenizer  # noqa: E402
 from east.paired import paired_difference  # noqa: E402
-from east.precision import cpu_has_native_bf16  # noqa: E402
+from east.precision import cpu_description  # noqa: E402
 from east.sampling.hf import sample  # noqa: E402
 from east.tasks.arith import make_questions  # noqa: E402
 from east.tasks.prompts import render_prompt  # noqa: E402
@@ -76,8 +76,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     questions = make_questions("test", args.questions)
     print(f"built-in backbone, {args.questions} arith test questions, greedy + {args.samples} samples at T=1; "
-          f"torch {torch.__version__}, {args.threads} thread(s); native bf16 on this CPU: "
-          f"{'yes' if cpu_has_native_bf16() else 'no (emulated, slow)'}", flush=True)
+          f"torch {torch.__version__}, {args.threads} thread(s); {cpu_description()}", flush=True)
     found = {name: answers(dtype, questions, args.samples, args.seed)
              for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
     fp32, bf16 = found["fp32"], found["bf16"]

@@ -58,6 +58,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import east.sampling.hf as hf  # noqa: E402
+from east.precision import cpu_description  # noqa: E402
 from east.sampling.hf import sample  # noqa: E402
 from east.sampling.onednn import available as onednn_available  # noqa: E402
 from east.sampling.onednn import onednn_forward, resolve_gemm  # noqa: E402
@@ -339,7 +340,7 @@ def main() -> None:
 
     tokenizer = load_tokenizer()
     peaks = {}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clock {args.clock}; {cpu_name()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clock {args.clock}; {cpu_description()}")
     for name in dtypes:
         flops = matmul_flops(dtype=DTYPES[name])
         peaks[name] = max(flops.values())
@@ -389,21 +390,6 @@ def main() -> None:
     for name in dtypes:
         print(f"{name} sampling speedup vs HF generate {name}: {geomean(speedups[name]):.2f}x")
     print(f"sampling speedup vs HF generate: {geomean([x for xs in speedups.values() for x in xs]):.2f}x")
-
-
-def cpu_name() -> str:
-    """The processor, as /proc/cpuinfo names it (with family and model: one brand name covers several designs)."""
-    fields = {}
-    try:
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return "processor unknown"
-    from east.precision import cpu_has_native_bf16
-
-    return (f"{fields.get('model name', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
-            f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from trl import SFTConfig, SFTTrainer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from training_helpers import sft_rows, tiny_tokenizer  # noqa: E402
 
+from east.precision import cpu_description  # noqa: E402
 from east.training.run import fp32_attention  # noqa: E402
 from east.training.sft import WeightedSFTTrainer  # noqa: E402
 
@@ -105,7 +106,8 @@ def main() -> None:
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     flops_per_token = 6 * matmul_params(model)
     print(f"torch {torch.__version__}, 1 thread; matmul 2048^2: fp32 {peaks['fp32'] / 1e9:.1f}, bf16 "
-          f"{peaks['bf16'] / 1e9:.1f} GFLOP/s; {matmul_params(model) / 1e6:.2f}M matmul parameters", flush=True)
+          f"{peaks['bf16'] / 1e9:.1f} GFLOP/s; {matmul_params(model) / 1e6:.2f}M matmul parameters; {cpu_description()}",
+          flush=True)
     times: dict[str, list[tuple[float, float, int]]] = {name: [] for name in runs}
     names = list(runs)
     with tempfile.TemporaryDirectory() as out:

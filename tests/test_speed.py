@@ -84,6 +84,16 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert precision.cpu_flags(tmp_path / "missing") == set()
 
 
+def test_cpu_description_names_family_model_and_native_bf16(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\ncpu family\t: 6\nmodel\t\t: 167\n"
+                    "flags\t\t: fpu avx512f amx_bf16 amx_tile\n\nprocessor\t: 1\nmodel\t\t: 999\n")
+    assert precision.cpu_description(info) == "Intel(R) Xeon(R) Processor family 6 model 167, native bf16: yes"
+    info.write_text("model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\nflags\t\t: avx2\n")
+    assert precision.cpu_description(info).endswith("family 25 model 1, native bf16: no")
+    assert precision.cpu_description(tmp_path / "missing") == "processor unknown"
+
+
 @pytest.mark.parametrize("flags, expected", [
     ({"avx2", "fma"}, "fp32"),  # Zen 3: bf16 is emulated, slow
     ({"avx512f", "avx512_bf16"}, "bf16"),  # Zen 4, Cooper Lake

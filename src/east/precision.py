@@ -42,6 +42,21 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
     return set()
 
 
+def cpu_description(cpuinfo: Path = CPUINFO) -> str:
+    """The processor as /proc/cpuinfo names it, with family and model (one brand name covers several designs) and
+    whether it has native bf16: what every benchmark prints beside its numbers."""
+    fields: dict[str, str] = {}
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "processor unknown"
+    flags = set(fields.get("flags", "").split())
+    return (f"{fields.get('model name', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
+            f"native bf16: {'yes' if cpu_has_native_bf16(flags) else 'no'}")
+
+
 def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     return any(flag in (cpu_flags() if flags is None else flags) for flag in NATIVE_BF16_FLAGS)
 
