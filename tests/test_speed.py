@@ -211,6 +211,28 @@ def test_precision_fp32_samples_exactly_as_before(tmp_path):
     assert [g.num_tokens for g in ours] == [g.num_tokens for g in before]
 
 
+def test_the_kv_cache_of_a_bf16_model_on_cpu_is_fp32_and_others_keep_their_dtype(monkeypatch):
+    assert hf.cache_dtype(torch.zeros(1, dtype=torch.bfloat16)) == torch.float32
+    for dtype in (torch.float32, torch.float16):
+        assert hf.cache_dtype(torch.zeros(1, dtype=dtype)) == dtype
+
+    from east.backbone import builtin_checkpoint
+    from east.models import load_model_and_tokenizer
+
+    allocated = []
+    allocate = hf.SlotBatcher.allocate_cache
+
+    def spy(self, kv_example):
+        cache = allocate(self, kv_example)
+        allocated.append((kv_example[0][0].dtype, {layer.keys.dtype for layer in cache.layers}))
+        return cache
+
+    monkeypatch.setattr(hf.SlotBatcher, "allocate_cache", spy)
+    model, tok = load_model_and_tokenizer(builtin_checkpoint(), dtype="bfloat16")
+    [generation] = hf.sample(model, tok, builtin_prompts(1), 2, temperature=1.0, max_new_tokens=8, seed=0)
+    assert allocated == [(torch.bfloat16, {torch.float32})] and all(generation.texts)
+
+
 def test_bf16_sampling_runs_in_bf16_and_mostly_agrees_with_fp32(tmp_path):
     from east.backbone import builtin_checkpoint
 
