@@ -197,6 +197,8 @@ def bootstrap(
 
         model.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
+        from east.precision import cpu_description
+
         record = {
             "settings": settings.model_dump(mode="json"),
             "train_seconds": round(train_seconds, 1),
@@ -208,7 +210,9 @@ def bootstrap(
             "final_loss": round(losses[-1], 4) if losses else None,
             "mean_train_loss": round(result.training_loss, 4),
             "parameters": count_parameters(model),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), **_versions()},
+            # The processor too: fp32 training is bit-for-bit repeatable on one processor family, not across them.
+            "machine": {"cpus": os.cpu_count(), "processor": cpu_description(), "python": platform.python_version(),
+                        **_versions()},
         }
         (staged / "bootstrap.json").write_text(json.dumps(record, indent=2) + "\n")
         for file in staged.iterdir():
