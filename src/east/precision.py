@@ -30,31 +30,36 @@ NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
-    """The first processor's flags from /proc/cpuinfo (empty where there is none)."""
+def cpu_fields(cpuinfo: Path = CPUINFO) -> dict[str, str] | None:
+    """The first processor's fields from /proc/cpuinfo ('model name', 'flags', ...); None where it cannot be read."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return set()
+        return None
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def flags_of(fields: dict[str, str] | None) -> set[str]:
+    return set((fields or {}).get("flags", "").split())
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The first processor's flags from /proc/cpuinfo (empty where there is none)."""
+    return flags_of(cpu_fields(cpuinfo))
 
 
 def cpu_description(cpuinfo: Path = CPUINFO) -> str:
     """The processor as /proc/cpuinfo names it, with family and model (one brand name covers several designs) and
     whether it has native bf16: what every benchmark prints beside its numbers."""
-    fields: dict[str, str] = {}
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
+    fields = cpu_fields(cpuinfo)
+    if fields is None:
         return "processor unknown"
-    flags = set(fields.get("flags", "").split())
     return (f"{fields.get('model name', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
-            f"native bf16: {'yes' if cpu_has_native_bf16(flags) else 'no'}")
+            f"native bf16: {'yes' if cpu_has_native_bf16(flags_of(fields)) else 'no'}")
 
 
 def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
