@@ -18,27 +18,16 @@ from east import io, rundir
 from east.config import ArmConfig, RunConfig, expand_arms
 from east.paired import paired_difference, t80, t975
 
-# Two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond the table.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-
 WEIGHTING_NAMES = {"none": "", "lw_w": "LW(W)", "lw_p": "LW(P)", "entropy": "EAST", "accuracy": "EAST-acc",
                    "rejection": "EAST-rej"}
 WEIGHTING_ORDER = ["none", "lw_w", "lw_p", "entropy", "accuracy", "rejection"]
-
-
-def t95(df: int) -> float:
-    if df <= 0:
-        return float("nan")
-    below = [d for d in T95 if d <= df]
-    return T95[max(below)] if df <= 30 else 1.96
 
 
 def mean_ci(values: list[float]) -> tuple[float, float | None]:
     """Mean and 95% half-width (None with a single value: results.json is strict JSON, which has no NaN)."""
     if len(values) < 2:
         return mean(values), None
-    return mean(values), t95(len(values) - 1) * stdev(values) / math.sqrt(len(values))
+    return mean(values), t975(len(values) - 1) * stdev(values) / math.sqrt(len(values))
 
 
 def display_name(arm: ArmConfig) -> str:
