@@ -85,7 +85,9 @@ class SamplingConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0: no top-k cut.")
     max_new_tokens: int = Field(64, ge=1)
-    seed: int = 0
+    seed: int = Field(0, description="vllm only: the engine's seed. What every backend draws is set by the run's "
+                      "`seeds` (each seed, iteration and shard gets its own sampler seed), so this does not change "
+                      "the hf sampler's samples; to draw other samples, use other seeds.")
     token_budget: int = Field(65536, ge=64, description="Tokens held in the KV cache at once (sets the batch).")
     stop: list[str] = Field(default_factory=list, description="Stop strings (EOS always stops).")
     shard_size: int = Field(64, ge=1, description="Questions per shard written to disk (resume granularity).")
