@@ -154,3 +154,25 @@ def test_resume_reaches_the_same_final_weights(tmp_path):
     assert metrics["resumed_from"].endswith("checkpoint-2")
     for name, tensor in state(resumed).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_ignores_checkpoints_of_another_training(tmp_path):
+    # A stage rerun after its config changed (here the learning rate, then the rows) trains from the start, not from
+    # the checkpoints the earlier settings left; the same settings still resume.
+    rows = sft_rows([1.0, 2.0, 0.5, 1.0])
+    path, _ = train_and_load(tmp_path, "sft", rows, num_train_epochs=2, save_steps=1)
+    checkpoints = path.parent / "checkpoints"
+    metrics = path.parent / "train_metrics.json"
+    shutil.rmtree(checkpoints / "checkpoint-4")
+    train_and_load(tmp_path, "sft", rows, num_train_epochs=2, save_steps=1, resume=True)
+    assert json.loads(metrics.read_text())["resumed_from"].endswith("checkpoint-3")
+    shutil.rmtree(checkpoints / "checkpoint-4")
+    _, fresh = train_and_load(tmp_path, "sft", rows, num_train_epochs=2, save_steps=1, resume=True, learning_rate=3e-3)
+    assert json.loads(metrics.read_text())["resumed_from"] is None
+    _, expected = train_and_load(tmp_path / "other", "sft", rows, num_train_epochs=2, learning_rate=3e-3)
+    for name, tensor in state(fresh).items():
+        torch.testing.assert_close(tensor, state(expected)[name], rtol=1e-6, atol=1e-7)
+    shutil.rmtree(checkpoints / "checkpoint-4")
+    train_and_load(tmp_path, "sft", sft_rows([1.0, 2.0, 0.5, 0.25]), num_train_epochs=2, save_steps=1, resume=True,
+                   learning_rate=3e-3)
+    assert json.loads(metrics.read_text())["resumed_from"] is None

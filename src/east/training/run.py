@@ -105,7 +105,8 @@ def train(
     dtype, bf16 = training_dtype(precision)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
-    dataset = trainer_prompts(rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows)), tokenizer)
+    source = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows))
+    dataset = trainer_prompts(source, tokenizer)
     if loss == "kto":
         # KTO samples sequentially (its KL pairs are built within fixed batches), so the shuffling happens here.
         dataset = dataset.shuffle(seed=seed).flatten_indices()
@@ -150,7 +151,17 @@ def train(
     check_distributed(trainer)
     trainer.remove_callback(PrinterCallback)
     point_tensorboard(trainer, Path(logging_dir or out_dir / "tensorboard"))
-    checkpoint = last_checkpoint(checkpoints) if resume else None
+    # Recorded whether or not this call resumes, so that a later resume knows whose checkpoints these are.
+    identity = training_identity(model_path, source._fingerprint, {
+        "loss": loss, "local_weighting": local_weighting, "learning_rate": learning_rate,
+        "num_train_epochs": num_train_epochs, "per_device_train_batch_size": per_device_train_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps, "warmup_ratio": warmup_ratio, "beta": beta,
+        "max_length": max_length, "seed": seed, "lora": lora, "lr_scheduler_type": lr_scheduler_type,
+        "gradient_checkpointing": gradient_checkpointing, "precision": precision, "group_by_length": group_by_length,
+        "processes": trainer.accelerator.num_processes})
+    # Called without resume too: it records whose checkpoints the ones to come are, for a later resume.
+    checkpoint = resumable_checkpoint(checkpoints, identity, trainer.accelerator)
+    checkpoint = checkpoint if resume else None
     with training_run(report_to, run_name, out_dir), fp32_attention(model, enabled=bf16 and dtype == torch.float32):
         result = trainer.train(resume_from_checkpoint=checkpoint)
 
@@ -280,6 +291,43 @@ def lora_config(lora: dict[str, Any] | None):
     kwargs = {k: v for k, v in lora.items() if k != "merge"}
     kwargs.setdefault("task_type", "CAUSAL_LM")
     return LoraConfig(**kwargs)
+
+
+IDENTITY_FILE = "training_identity.json"
+
+
+def training_identity(model_path: str | Path, rows_fingerprint: str, settings: dict[str, Any]) -> str:
+    """A digest of what decides the weights a training reaches: its settings, its rows and its start model (each
+    file's size and sampled blocks, as run manifests fingerprint outputs: a retrained policy at the same path
+    counts as another model, a copy of the same one does not)."""
+    import hashlib
+    import json
+
+    from east.rundir import sample_digest
+
+    path = Path(model_path)
+    model = ({f.name: sample_digest(f, f.stat().st_size) for f in sorted(path.iterdir()) if f.is_file()}
+             if path.is_dir() else str(model_path))
+    text = json.dumps({"settings": settings, "rows": rows_fingerprint, "model": model}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resumable_checkpoint(checkpoints: Path, identity: str, accelerator) -> str | None:
+    """The checkpoint to resume from: the newest complete one, unless the checkpoints were written by a training of
+    another identity (other rows, settings or start model, e.g. a stage rerun after its config changed), which are
+    removed rather than resumed from. Checkpoints without a record (written before it existed) count as this
+    training's. Every process reads the record before the main process replaces it, and all resume from the same."""
+    recorded = checkpoints / IDENTITY_FILE
+    stale = recorded.is_file() and io.read_json(recorded).get("identity") != identity
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if stale:
+            for old in checkpoints.glob("checkpoint-*"):
+                shutil.rmtree(old)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        io.write_json(recorded, {"identity": identity})
+    accelerator.wait_for_everyone()
+    return last_checkpoint(checkpoints)
 
 
 def last_checkpoint(checkpoints: Path) -> str | None:
