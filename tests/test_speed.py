@@ -65,12 +65,19 @@ def test_defaults_keep_the_stage_keys_of_runs_made_before(tmp_path, monkeypatch)
     run = pipeline.Run(config=RunConfig(), root=tmp_path)
     assert RunConfig().sampling.gemm == "onednn" and RunConfig().precision == "default"
     assert "gemm" not in pipeline.sampling_key(run)
-    assert pipeline.precision_key(run) == {} and pipeline.gemm_key(run) == {} and pipeline.train_speed_args(run) == {}
+    assert pipeline.precision_key(run) == {} and pipeline.evaluation_sampling_key(run) == {} and pipeline.train_speed_args(run) == {}
     fast = pipeline.Run(config=load_config(None, ["sampling.gemm=auto", "precision=bf16", "train.group_by_length=true"]),
                         root=tmp_path)
-    assert pipeline.sampling_key(fast)["gemm"] == "auto" and pipeline.gemm_key(fast) == {"gemm": "auto"}
+    assert pipeline.sampling_key(fast)["gemm"] == "auto" and pipeline.evaluation_sampling_key(fast) == {"gemm": "auto"}
     assert pipeline.precision_key(fast) == {"precision": "bf16"}
     assert pipeline.train_speed_args(fast) == {"precision": "bf16", "group_by_length": True}
+
+
+def test_evaluation_key_names_the_sampling_settings_it_depends_on(tmp_path):
+    # Evaluation has no sampling section in its key; a changed stop string or backend must still redo it.
+    changed = pipeline.Run(config=load_config(None, ["sampling.stop=['Q:']", "sampling.top_p=0.9", "sampling.n=4"]),
+                           root=tmp_path)
+    assert pipeline.evaluation_sampling_key(changed) == {"stop": ["Q:"], "top_p": 0.9}
 
 
 # ----------------------------------------------------------------------------------------------------

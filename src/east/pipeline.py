@@ -40,7 +40,7 @@ from typing import Any
 from east import io, rundir
 from east.bookkeeping import (Run, RunLock, check_out_dir, console, prepare_run_dir, shard_seed,
                               stage_key)
-from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfig, expand_arms
+from east.config import GLOBAL_WEIGHTINGS, LOCAL_WEIGHTINGS, ArmConfig, RunConfig, SamplingConfig, expand_arms
 from east.errors import UserError
 from east.records import GradedSet, Question, QuestionStats, SampleSet
 from east.tracking import Tracker
@@ -152,9 +152,13 @@ def sampling_key(run: Run) -> dict[str, Any]:
     return run.config.sampling.key_dump()
 
 
-def gemm_key(run: Run) -> dict[str, str]:
-    """The sampler's matmul path for stages whose key has no sampling section (evaluation), only when not the default."""
-    return {} if run.config.sampling.gemm == "onednn" else {"gemm": run.config.sampling.gemm}
+def evaluation_sampling_key(run: Run) -> dict[str, Any]:
+    """The sampling settings evaluation's outputs depend on (it has no sampling section of its own: the backend, the
+    stop strings, the matmul path, and top_p / top_k for its sampled metrics), each only when not the default, so
+    the keys of run directories evaluated before they were part of it stay valid."""
+    cfg, defaults = run.config.sampling, SamplingConfig()
+    return {name: getattr(cfg, name) for name in ("backend", "stop", "gemm", "top_p", "top_k")
+            if getattr(cfg, name) != getattr(defaults, name)}
 
 
 def run_precision(run: Run) -> str:
@@ -687,7 +691,7 @@ def stage_evaluate(run: Run, name: str, path_of_model: str, deps: list[str], dir
         summary_path = directory / f"eval-{split}.json"
         config = {"evaluation": cfg.model_dump(mode="json"), "prompt": run.config.prompt.model_dump(mode="json"),
                   "split": split, "kind": run.config.grading_kind(), **prompt_limit_key(run), **precision_key(run),
-                  **gemm_key(run)}
+                  **evaluation_sampling_key(run)}
 
         def build(split=split, rows_path=rows_path, summary_path=summary_path, config=config):
             questions = read_questions(questions_path(run, split))
