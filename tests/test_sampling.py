@@ -303,6 +303,25 @@ def test_same_seed_same_output_and_other_seed_differs(tok, model):
     assert a != sample(model, tok, PROMPTS, seed=12, **kwargs)
 
 
+def test_the_cache_goes_by_the_name_the_model_takes(tok, model, path):
+    # transformers 5.24 renamed forward's past_key_values to cache (the old name goes in 5.40); a model taking the
+    # old name still gets it. No deprecation warning from either sampler path.
+    import warnings
+
+    from east.sampling.hf import cache_argument
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            pass
+
+    assert cache_argument(model) == ("cache" if "cache" in __import__("inspect").signature(model.forward).parameters
+                                     else "past_key_values")
+    assert cache_argument(Old()) == "past_key_values"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        sample(model, tok, PROMPTS, n=2, temperature=1.0, max_new_tokens=8, seed=3)
+
+
 def test_output_does_not_depend_on_the_batch_plan(tok, model, monkeypatch):
     """Draws are keyed by (seed, prompt, sample, step): slot count and path change nothing."""
     kwargs = dict(n=5, temperature=1.0, top_p=0.95, max_new_tokens=25, seed=7)

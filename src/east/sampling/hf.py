@@ -505,6 +505,13 @@ def slot_attention_for(model, cache: SlotCache | None) -> Iterator[None]:
         config._attn_implementation = original
 
 
+def cache_argument(model) -> str:
+    """The name of the model's KV-cache argument: `cache` in transformers versions that renamed it (5.24 warns
+    that `past_key_values` goes in 5.40), `past_key_values` in those before; read from the model's own forward,
+    as a remote-code model may take either."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def distinct_pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(a, b) of each distinct pair of non-negative integers, sorted by a then b, and each element's pair."""
     base = int(b.max()) + 1 if len(b) else 1
@@ -545,6 +552,7 @@ class SlotBatcher:
         self.slots = max(1, min(token_budget // (self.prompt_cols + settings.max_new_tokens), len(prompt_ids) * n))
         self.prompt_slots = min(len(prompt_ids), self.slots, PROMPT_SLOT_FACTOR * -(-self.slots // n))
         self.takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.cache_arg = cache_argument(model)
         # Longest prompts first (ties in prompt order): similar lengths share a prefill, long ones start early.
         self.queue = sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
         self.next_prompt = 0  # position in self.queue
@@ -666,7 +674,7 @@ class SlotBatcher:
         kwargs = {"logits_to_keep": 1} if self.takes_logits_to_keep else {}
         with slot_attention_for(self.model, None):
             out = self.model(input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids,
-                             past_key_values=cache, use_cache=True, **kwargs)
+                             use_cache=True, **{self.cache_arg: cache}, **kwargs)
         logits = out.logits[:, -1].float()
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         return [(p, [(k[r : r + 1, :, int(pad[r]) :], v[r : r + 1, :, int(pad[r]) :]) for k, v in kv], logits[r : r + 1])
@@ -713,7 +721,7 @@ class SlotBatcher:
         positions = self.slot_prompt_len[plan.prompt_slot] + g - 1
         with slot_attention_for(self.model, self.cache):
             out = self.model(input_ids=self.branch_token[:b, None], attention_mask=own_mask,
-                             position_ids=positions[:, None], past_key_values=self.cache, use_cache=True)
+                             position_ids=positions[:, None], use_cache=True, **{self.cache_arg: self.cache})
         live = self.active.nonzero().flatten()
         parent = self.branch_of[live]
         survivors, new = self.draw(live, out.logits[parent, -1])
@@ -848,9 +856,9 @@ def run_padded_batch(model, prompt_ids, batch: list[int], settings: Settings, re
         ids[r, width - lengths[r] :] = torch.tensor(prompt_ids[p])
         mask[r, width - lengths[r] :] = 1
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
-    cache = out.past_key_values
+    cache, cache_arg = DynamicCache(config=model.config), cache_argument(model)
+    # The cache object is filled in place; the output's field for it was renamed with the argument.
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **{cache_arg: cache})
     cache.batch_repeat_interleave(n)
     logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
     mask = mask.repeat_interleave(n, dim=0)
@@ -875,6 +883,6 @@ def run_padded_batch(model, prompt_ids, batch: list[int], settings: Settings, re
             live, new, mask, position = live[keep], new[keep], mask[keep], position[keep]
         mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype)], dim=1)
         out = model(input_ids=new[:, None], attention_mask=mask, position_ids=position[:, None],
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **{cache_arg: cache})
         logits = out.logits[:, -1].float()
         position = position + 1
