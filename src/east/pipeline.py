@@ -317,13 +317,18 @@ def generate(run: Run, model, tokenizer, prompts: list[str], n: int, *, seed: in
 def sampler(run: Run, path: str):
     """The configured backend for the model at `path`, as east.executor's replicas load it: model.dtype resolved
     from `precision` here, so every replica loads what this machine would."""
-    from east.executor import Backend
-    from east.precision import model_dtype
+    return backend_for(run.config, path)
 
-    model = run.config.model
+
+def backend_for(config: RunConfig, path: str):
+    """`sampler` for a config without a run directory (east.backbone.competence)."""
+    from east.executor import Backend
+    from east.precision import model_dtype, resolve_precision
+
+    model = config.model
     if model.dtype == "auto":
-        model = model.model_copy(update={"dtype": model_dtype(run_precision(run))})
-    return Backend(run.config.sampling, model, path)
+        model = model.model_copy(update={"dtype": model_dtype(resolve_precision(config.precision))})
+    return Backend(config.sampling, model, path)
 
 
 def loaded_for_prompts(run: Run, backend) -> tuple[Any, Any]:

@@ -26,20 +26,14 @@ def competence(backbone: str | Path, config, *, b2_questions: int = 400, samples
     """B1 and B2 of the backbone at `backbone` ("builtin": the shipped one) under `config` (a RunConfig)."""
     from east.backbone import builtin_checkpoint
     from east.dast import long_few_shot_examples
-    from east.executor import Backend
-    from east.precision import model_dtype
+    from east.pipeline import backend_for
     from east.tasks.loaders import load_questions
     from east.tasks.prompts import render_prompt
 
     if config.task.name != "arith":
         raise ValueError("competence needs the arith task: DAST-L's prompt takes its worked examples from its warm-up split")
     path = str(builtin_checkpoint()) if str(backbone) == "builtin" else str(backbone)
-    model_cfg = config.model
-    if model_cfg.dtype == "auto":
-        from east.precision import resolve_precision
-
-        model_cfg = model_cfg.model_copy(update={"dtype": model_dtype(resolve_precision(config.precision))})
-    backend = Backend(config.sampling, model_cfg, path)
+    backend = backend_for(config, path)
     loaded = backend.load()
     tokenizer = loaded[1]
     system = config.prompt.system
@@ -74,29 +68,26 @@ def competence(backbone: str | Path, config, *, b2_questions: int = 400, samples
 
 
 def graded(backend, loaded, questions: list[Question], prompts: list[str], n: int, config, *, temperature: float,
-           seed: int, max_new_tokens: int | None = None) -> list[tuple[GradedSet, GradedSet]]:
-    """Each question's samples graded twice: by final answer alone and with step verification."""
+           seed: int, max_new_tokens: int | None = None) -> list[GradedSet]:
+    """Each question's samples graded with step verification; a sample right by its final answer alone is one
+    that is correct or step-rejected (east.grading), so one grading gives both verdicts."""
     from east.grading import grade_sample_sets
 
     generations = backend.draw(loaded, prompts, n, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
     sets = [g.to_sample_set(q.question_id, p) for q, p, g in zip(questions, prompts, generations)]
     golds = {q.question_id: q.gold for q in questions}
-    kind, timeout = config.grading_kind(), config.grading.timeout
-    by_answer = grade_sample_sets(sets, golds, kind, timeout=timeout, verify_steps=False)[0]
-    by_steps = grade_sample_sets(sets, golds, kind, timeout=timeout, verify_steps=True)[0]
-    return list(zip(by_answer, by_steps))
+    return grade_sample_sets(sets, golds, config.grading_kind(), timeout=config.grading.timeout, verify_steps=True)[0]
 
 
-def share(pairs: list[tuple[GradedSet, GradedSet]], verdict: str) -> float:
+def share(sets: list[GradedSet], verdict: str) -> float:
     """Percentage of all samples judged correct, by final answer ("answer") or with step verification ("steps")."""
-    sets = [a if verdict == "answer" else s for a, s in pairs]
-    total = sum(len(g.correct) for g in sets)
-    return round(100.0 * sum(sum(g.correct) for g in sets) / max(total, 1), 2)
+    right = sum(c or (verdict == "answer" and r) for g in sets for c, r in zip(g.correct, g.step_rejected))
+    return round(100.0 * right / max(sum(len(g.correct) for g in sets), 1), 2)
 
 
-def solved(pairs: list[tuple[GradedSet, GradedSet]]) -> int:
+def solved(sets: list[GradedSet]) -> int:
     """Questions with at least one step-verified correct sample."""
-    return sum(any(s.correct) for _, s in pairs)
+    return sum(any(g.correct) for g in sets)
 
 
 def machine() -> dict[str, Any]:
