@@ -18,6 +18,8 @@ main process alone writes model/ and train_metrics.json, and the others wait for
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -35,6 +37,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, KTOConfig, SFTConfig
 
 from east import io
+from east.rundir import sample_digest
 from east.errors import UserError
 from east.tasks.prompts import auto_prefix, training_prompt
 from east.tracking import training_run
@@ -151,14 +154,20 @@ def train(
     check_distributed(trainer)
     trainer.remove_callback(PrinterCallback)
     point_tensorboard(trainer, Path(logging_dir or out_dir / "tensorboard"))
-    # Recorded whether or not this call resumes, so that a later resume knows whose checkpoints these are.
-    identity = training_identity(model_path, source._fingerprint, {
-        "loss": loss, "local_weighting": local_weighting, "learning_rate": learning_rate,
-        "num_train_epochs": num_train_epochs, "per_device_train_batch_size": per_device_train_batch_size,
+    settings = {
+        "loss": loss, "local_weighting": local_weighting, "model_path": str(model_path), "num_rows": len(dataset),
+        "learning_rate": learning_rate, "num_train_epochs": num_train_epochs,
+        "per_device_train_batch_size": per_device_train_batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps, "warmup_ratio": warmup_ratio, "beta": beta,
-        "max_length": max_length, "seed": seed, "lora": lora, "lr_scheduler_type": lr_scheduler_type,
-        "gradient_checkpointing": gradient_checkpointing, "precision": precision, "group_by_length": group_by_length,
-        "processes": trainer.accelerator.num_processes})
+        "max_length": max_length, "seed": seed, "lora": lora, "dtype": str(dtype),
+        "lr_scheduler_type": lr_scheduler_type, "gradient_checkpointing": gradient_checkpointing,
+        "processes": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type.value),
+        "bf16_autocast": bf16, "group_by_length": group_by_length,
+    }
+    # The start model counts by its files, not its path (training_identity); the settings recorded in
+    # train_metrics.json are the rest of what decides the weights.
+    identity = training_identity(model_path, source._fingerprint, {k: v for k, v in settings.items() if k != "model_path"})
     # Called without resume too: it records whose checkpoints the ones to come are, for a later resume.
     checkpoint = resumable_checkpoint(checkpoints, identity, trainer.accelerator)
     checkpoint = checkpoint if resume else None
@@ -174,17 +183,7 @@ def train(
         train_runtime=result.metrics.get("train_runtime"),
         wall_time=time.monotonic() - started,
         resumed_from=checkpoint,
-        settings={
-            "loss": loss, "local_weighting": local_weighting, "model_path": str(model_path), "num_rows": len(dataset),
-            "learning_rate": learning_rate, "num_train_epochs": num_train_epochs,
-            "per_device_train_batch_size": per_device_train_batch_size,
-            "gradient_accumulation_steps": gradient_accumulation_steps, "warmup_ratio": warmup_ratio, "beta": beta,
-            "max_length": max_length, "seed": seed, "lora": lora, "dtype": str(dtype),
-            "lr_scheduler_type": lr_scheduler_type, "gradient_checkpointing": gradient_checkpointing,
-            "processes": trainer.accelerator.num_processes,
-            "distributed_type": str(trainer.accelerator.distributed_type.value),
-            "bf16_autocast": bf16, "group_by_length": group_by_length,
-        },
+        settings=settings,
     )
     return final
 
@@ -300,11 +299,6 @@ def training_identity(model_path: str | Path, rows_fingerprint: str, settings: d
     """A digest of what decides the weights a training reaches: its settings, its rows and its start model (each
     file's size and sampled blocks, as run manifests fingerprint outputs: a retrained policy at the same path
     counts as another model, a copy of the same one does not)."""
-    import hashlib
-    import json
-
-    from east.rundir import sample_digest
-
     path = Path(model_path)
     model = ({f.name: sample_digest(f, f.stat().st_size) for f in sorted(path.iterdir()) if f.is_file()}
              if path.is_dir() else str(model_path))
