@@ -20,6 +20,7 @@ def test_mean_ci_hand_values():
 
 def fake_run(tmp_path, arms_override, accuracies):
     config = load_config(None, ["name=fake", "seeds=[0, 1, 2]", arms_override])
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "config.yaml").write_text(dump_config(config))
     io.write_json(tmp_path / "default" / "eval-test.json", {"accuracy": 0.40})
     for (arm, seed), acc in accuracies.items():
@@ -96,3 +97,53 @@ def test_results_json_is_strict_json_with_one_seed(tmp_path):
     east = results["arms"][1]["splits"]["test"]
     assert east["ci95"] is None and east["delta_vs_vanilla"]["ci95"] is None
     assert "| SFT + EAST (power, a=1) | 52.0 | +2.0 |" in (tmp_path / "results.md").read_text()
+
+
+def test_over_runs_reads_each_runs_paired_delta_and_their_t_interval(tmp_path):
+    from east.report import over_runs, over_runs_markdown
+
+    runs = []
+    for r, shift in enumerate((0.01, 0.03, 0.02)):  # dast-l vs sft per run: -0.05 + shift
+        root = tmp_path / f"run{r}"
+        accuracies = per_seed("sft", [0.50, 0.52, 0.54]) | per_seed("dast-l", [0.45 + shift, 0.47 + shift, 0.49 + shift])
+        fake_run(root, "arms=[{name: sft}, {name: dast-l, data: dast_l}]", accuracies)
+        runs.append(write_report(root))
+    summary = over_runs(runs, ["a", "b", "c"])
+    (dast,) = summary["arms"]  # vanilla's Δ to default needs per-question rows, which these runs lack
+    cell = dast["splits"]["test"]
+    assert dast["vs"] == "vanilla"
+    assert cell["per_run"] == pytest.approx([-0.04, -0.02, -0.03])
+    assert cell["mean"] == pytest.approx(-0.03)
+    assert cell["ci95"] == pytest.approx(4.303 * 0.01 / math.sqrt(3))  # sd of (-4, -2, -3) points is 1
+    assert cell["mdd80"] == pytest.approx(cell["ci95"] * (4.303 + 1.061) / 4.303)
+    text = over_runs_markdown(summary)
+    assert "| SFT + DAST-L vs vanilla | -4.0 / -2.0 / -3.0 | -3.0 ± 2.5 |" in text
+
+
+def test_over_runs_refuses_runs_of_other_configs(tmp_path):
+    from east.report import over_runs
+
+    fake_run(tmp_path / "one", "arms=[{name: sft}, {name: east, weighting: entropy}]", per_seed("sft", [0.5] * 3))
+    fake_run(tmp_path / "two", "arms=[{name: sft}]", per_seed("sft", [0.5] * 3))
+    results = [write_report(tmp_path / "one"), write_report(tmp_path / "two")]
+    with pytest.raises(ValueError, match="two: its arms or splits differ"):
+        over_runs(results, ["one", "two"])
+    with pytest.raises(ValueError, match="at least two"):
+        over_runs(results[:1], ["one"])
+
+
+def test_east_report_over_several_runs_writes_the_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from east.cli import app
+
+    for r in range(2):
+        accuracies = per_seed("sft", [0.50] * 3) | per_seed("east", [0.60 + r / 100] * 3)
+        fake_run(tmp_path / f"run{r}", "arms=[{name: sft}, {name: east, weighting: entropy}]", accuracies)
+    out = tmp_path / "over.md"
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "run0"), str(tmp_path / "run1"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run1" / "results.md").exists()
+    assert "| SFT + EAST (power, a=1) vs vanilla | +10.0 / +11.0 | +10.5 ± 6.4 |" in out.read_text()
+    lone = CliRunner().invoke(app, ["report", str(tmp_path / "run0"), "--out", str(out)])
+    assert lone.exit_code != 0 and "two run directories" in lone.output

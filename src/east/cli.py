@@ -194,14 +194,34 @@ def bootstrap(
 
 @app.command()
 @guarded
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
-    """Write results.json, results.md and the figures of a run directory, and print the table."""
-    from east.report import write_report
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="A run directory, or several runs of one config.")],
+    out: Annotated[Path | None, typer.Option("--out", help="With several runs: also write the table over them here.")] = None,
+) -> None:
+    """Write results.json, results.md and the figures of a run directory, and print the table.
 
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
-    write_report(run_dir)
-    print_results(run_dir)
+    Given several run directories of one config (e.g. one per backbone build: `model.path=...`), each gets its
+    report, and a table of every arm's paired difference read over the runs is printed (and written to --out).
+    """
+    from east import io
+    from east.report import over_runs, over_runs_markdown, write_report
+
+    for run_dir in run_dirs:
+        if not (run_dir / "config.yaml").exists():
+            raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    if out is not None and len(run_dirs) < 2:
+        raise UserError("--out writes the table over several runs: give two run directories or more")
+    results = [write_report(run_dir) for run_dir in run_dirs]
+    if len(run_dirs) == 1:
+        print_results(run_dirs[0])
+        return
+    try:
+        text = over_runs_markdown(over_runs(results, [str(d) for d in run_dirs]))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    console.print(text, highlight=False, markup=False)
+    if out is not None:
+        io.write_text(out, text)
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """Tables and plots of a run directory: results.json, results.md, figure3.png, figure5.png.
 
     east report runs/demo
+    east report runs/dast-b0 runs/dast-b1 runs/dast-b2 --out over-builds.md     # Δ read over runs of one config
 
 Accuracy is shown as mean +- 95% confidence half-width over seeds (Student t), and every weighted arm
 also as its paired difference to the vanilla arm of the same loss over the same seeds: the seeds share
@@ -395,3 +396,54 @@ def figure5(root: Path, results: dict[str, Any]) -> None:
 def atomic_savefig(fig, path: Path) -> None:
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
+
+
+def over_runs(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Each arm's paired Δ read over several runs of one config (e.g. one per backbone build): per run its Δ (to
+    vanilla of its loss; a vanilla arm's to default), and over the runs their mean with a Student t interval
+    (runs as the unit, n - 1 df) and its minimum detectable difference. Each run's own Δ already averages its
+    seeds, so the interval over runs carries seed noise and run-to-run spread together.
+
+    `results` are the runs' results.json dicts (`collect`), in the order of `names`; they must have the same arms
+    and splits, since a Δ read over runs compares like with like.
+    """
+    if len(results) < 2:
+        raise ValueError("reading over runs needs at least two run directories")
+    first = results[0]
+    for name, other in zip(names[1:], results[1:]):
+        if [e["arm"] for e in other["arms"]] != [e["arm"] for e in first["arms"]] or other["splits"] != first["splits"]:
+            raise ValueError(f"{name}: its arms or splits differ from {names[0]}'s; read over runs of one config only")
+    rows = []
+    for i, entry in enumerate(first["arms"]):
+        row: dict[str, Any] = {"arm": entry["arm"], "display": entry["display"], "splits": {}}
+        for split in first["splits"]:
+            cells = [run["arms"][i]["splits"][split] for run in results]
+            deltas = [c.get("delta_vs_vanilla") or c.get("delta_vs_default") for c in cells]
+            if any(d is None or d.get("mean") is None for d in deltas):
+                continue
+            values = [d["mean"] for d in deltas]
+            m, ci = mean_ci(values)
+            df = len(values) - 1
+            row["vs"] = "default" if "delta_vs_default" in cells[0] else "vanilla"
+            row["splits"][split] = {"per_run": values, "mean": m, "ci95": ci,
+                                    "mdd80": ci * (t975(df) + t80(df)) / t975(df), "n": len(values)}
+        if row["splits"]:
+            rows.append(row)
+    return {"runs": names, "splits": first["splits"], "arms": rows}
+
+
+def over_runs_markdown(summary: dict[str, Any]) -> str:
+    splits = summary["splits"]
+    head = ["comparison", *(h for s in splits for h in (f"{s} Δ per run", f"{s} Δ over runs", f"{s} MDD"))]
+    lines = [f"Paired Δ over {len(summary['runs'])} runs: {', '.join(summary['runs'])}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in summary["arms"]:
+        cells = [f"{row['display']} vs {row['vs']}"]
+        for s in splits:
+            c = row["splits"].get(s)
+            cells += ([" / ".join(pct(v, sign=True) for v in c["per_run"]), pct(c["mean"], c["ci95"], sign=True),
+                       pct(c["mdd80"])] if c else ["", "", ""])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Δ per run: that run's paired Δ (results.md of the run). Over runs: mean ± 95% Student t half-width "
+              "with the runs as the unit (n - 1 df); MDD: the true Δ this detects with 80% power at the 5% level."]
+    return "\n".join(lines) + "\n"
