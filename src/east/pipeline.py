@@ -104,7 +104,7 @@ def stage_bootstrap(run: Run) -> None:
         bootstrap(out, **dict(cfg), **run.tracker.trainer_args("bootstrap"))
         return {"rows": cfg.n_rows}
 
-    run.stage("bootstrap", cfg.model_dump(mode="json"), [], [out], build)
+    run.stage("bootstrap", cfg.record(), [], [out], build)
 
 
 def base_dependencies(run: Run) -> list[str]:
