@@ -66,12 +66,16 @@ def differences(arm: Mapping[int, Mapping[str, float]], base: Mapping[int, Mappi
 
 def seed_interval(d: dict[int, dict[str, float]]) -> dict[str, Any]:
     """Student t over per-seed mean differences."""
-    means = [mean(row.values()) for row in d.values()]
-    if len(means) < 2:
-        return {"mean": means[0] if means else None, "ci95": None, "mdd80": None, "df": 0}
-    se = stdev(means) / math.sqrt(len(means))
-    df = len(means) - 1
-    return {"mean": mean(means), "ci95": t975(df) * se, "mdd80": (t975(df) + t80(df)) * se, "df": df}
+    return t_interval([mean(row.values()) for row in d.values()])
+
+
+def t_interval(values: list[float]) -> dict[str, Any]:
+    """Mean, 95% Student t half-width and minimum detectable difference (80% power) of independent values."""
+    if len(values) < 2:
+        return {"mean": values[0] if values else None, "ci95": None, "mdd80": None, "df": 0}
+    se = stdev(values) / math.sqrt(len(values))
+    df = len(values) - 1
+    return {"mean": mean(values), "ci95": t975(df) * se, "mdd80": (t975(df) + t80(df)) * se, "df": df}
 
 
 def crossed_interval(d: dict[int, dict[str, float]]) -> dict[str, Any]:

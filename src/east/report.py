@@ -17,7 +17,7 @@ from typing import Any
 
 from east import io, rundir
 from east.config import ArmConfig, RunConfig, expand_arms
-from east.paired import paired_difference, t80, t975
+from east.paired import paired_difference, t_interval, t975
 
 WEIGHTING_NAMES = {"none": "", "lw_w": "LW(W)", "lw_p": "LW(P)", "entropy": "EAST", "accuracy": "EAST-acc",
                    "rejection": "EAST-rej"}
@@ -140,10 +140,9 @@ def paired_cell(root: Path | None, entry: dict[str, Any], base: dict[str, Any], 
     diffs = [v - b for v, b in pairs if v is not None and b is not None]
     if not diffs:
         return None
-    m, ci = mean_ci(diffs)
-    ci = None if ci is None or math.isnan(ci) else ci
-    mdd = None if ci is None else ci * (t975(len(diffs) - 1) + t80(len(diffs) - 1)) / t975(len(diffs) - 1)
-    return {"mean": m, "ci95": ci, "mdd80": mdd, "n": len(diffs), "method": "seeds (accuracies only)"}
+    found = t_interval(diffs)
+    return {"mean": found["mean"], "ci95": found["ci95"], "mdd80": found["mdd80"], "n": len(diffs),
+            "method": "seeds (accuracies only)"}
 
 
 def entry_rows(root: Path, entry: dict[str, Any], split: str) -> dict[int, dict[str, float]]:
@@ -422,11 +421,10 @@ def over_runs(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]
             if any(d is None or d.get("mean") is None for d in deltas):
                 continue
             values = [d["mean"] for d in deltas]
-            m, ci = mean_ci(values)
-            df = len(values) - 1
+            found = t_interval(values)
             row["vs"] = "default" if "delta_vs_default" in cells[0] else "vanilla"
-            row["splits"][split] = {"per_run": values, "mean": m, "ci95": ci,
-                                    "mdd80": ci * (t975(df) + t80(df)) / t975(df), "n": len(values)}
+            row["splits"][split] = {"per_run": values, "mean": found["mean"], "ci95": found["ci95"],
+                                    "mdd80": found["mdd80"], "n": len(values)}
         if row["splits"]:
             rows.append(row)
     return {"runs": names, "splits": first["splits"], "arms": rows}
