@@ -171,27 +171,3 @@ def test_few_shot_warmup_rows_carry_earlier_worked_turns_like_dast_l_prompts():
     assert [r["completion"] for r in mixed] == [r["completion"] for r in plain]  # same questions, same order
     for row, base in zip(mixed, plain):
         assert row["prompt"].endswith(base["prompt"].removeprefix(tok.bos_token or ""))  # the question comes last
-
-
-def test_grouped_bootstrap_batches_by_length_and_records_it(tmp_path, monkeypatch):
-    import transformers.trainer_pt_utils as pt_utils
-
-    grouped = []
-    original = pt_utils.LengthGroupedSampler.__init__
-
-    def spy(self, *args, **kwargs):
-        grouped.append(True)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(pt_utils.LengthGroupedSampler, "__init__", spy)
-    settings = dict(n_rows=48, epochs=1, hidden=32, layers=1, heads=2, batch_size=16, lr=1e-3, few_shot_share=0.5)
-    plain = bootstrap(tmp_path / "plain", **settings)
-    assert not grouped
-    a = bootstrap(tmp_path / "a", **settings, group_by_length=True)
-    assert grouped, "the warm-up did not use transformers' length-grouped sampler"
-    b = bootstrap(tmp_path / "b", **settings, group_by_length=True)
-    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    assert (a / "model.safetensors").read_bytes() != (plain / "model.safetensors").read_bytes()  # another data order
-    assert json.loads((a / "bootstrap.json").read_text())["settings"]["group_by_length"] is True
-    # Left out at its default: the shipped record and existing run directories' stage keys stay as they were.
-    assert "group_by_length" not in json.loads((plain / "bootstrap.json").read_text())["settings"]

@@ -56,16 +56,10 @@ class BootstrapSettings(BaseModel):
         "chat turns, so that few-shot prompts (DAST-L, prompt.few_shot) are within the backbone's competence. "
         "0 (the shipped checkpoint) leaves every row single-turn.")
     few_shot_max: int = Field(3, ge=1, description="Most worked examples before a few-shot warm-up row.")
-    group_by_length: bool = Field(
-        False, description="Batches of rows of similar length (transformers' length-grouped sampler), so that few-shot "
-        "rows do not pad every batch to their length: with few_shot_share 0.75, 1,200 rows, 1 epoch, 66 CPU seconds "
-        "against 113 (AMD EPYC Zen 4, one thread). Another data order, so another backbone; false (the shipped "
-        "checkpoint) keeps the random order.")
 
     def record(self) -> dict:
-        """The settings as bootstrap.json and the run directory's stage key hold them. Keys added after the shipped
-        build are left out while at their default, so its record and existing run directories' keys still match."""
-        return self.model_dump(mode="json", exclude=set() if self.group_by_length else {"group_by_length"})
+        """The settings as bootstrap.json and the run directory's stage key hold them."""
+        return self.model_dump(mode="json")
 
 
 DEFAULTS = BootstrapSettings()
@@ -131,7 +125,6 @@ def bootstrap(
     max_seconds: float | None = DEFAULTS.max_seconds,
     few_shot_share: float = DEFAULTS.few_shot_share,
     few_shot_max: int = DEFAULTS.few_shot_max,
-    group_by_length: bool = DEFAULTS.group_by_length,
     report_to: Sequence[str] = ("none",),
     run_name: str | None = None,
     logging_dir: str | Path | None = None,
@@ -152,7 +145,7 @@ def bootstrap(
     settings = BootstrapSettings(
         spec=spec, n_rows=n_rows, epochs=epochs, lr=lr, hidden=hidden, layers=layers, heads=heads,
         batch_size=batch_size, seed=seed, max_seconds=max_seconds, few_shot_share=few_shot_share,
-        few_shot_max=few_shot_max, group_by_length=group_by_length,
+        few_shot_max=few_shot_max,
     )
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +182,6 @@ def bootstrap(
                 data_seed=seed,
                 dataloader_num_workers=0,
                 dataloader_pin_memory=False,  # CPU only: pinning has no device to serve and only warns
-                **({"train_sampling_strategy": "group_by_length"} if group_by_length else {}),
             )
             trainer = SFTTrainer(
                 model=model,
