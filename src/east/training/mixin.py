@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from east.training.batches import ShuffledLengthGroupedSampler
 from east.training.local_weights import check_kind, pair_local_weights, row_local_weights
 
 WEIGHT = "weight"
@@ -177,6 +178,16 @@ class WeightedTrainerMixin:
             add_fused_lm_head(base_model(self.model), outputs=ALL_FUSED_OUTPUTS)
 
     # --- columns and batches -------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Overrides transformers 5.x `Trainer._get_train_sampler` (TRL 1.16.0's SFT trainer keeps it): with
+        # group_by_length, batches of similar length in a shuffled order instead of transformers' long-to-short
+        # cycles (east.training.batches says why). Other strategies are transformers' own.
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        return ShuffledLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

@@ -1,7 +1,8 @@
 """Weighted SFT on TRL 1.16.0: each example's token losses scaled by its row weight.
 
 TRL version: 1.16.0. TRL methods overridden here: `SFTTrainer.__init__`, `SFTTrainer.compute_loss`,
-`SFTTrainer._set_signature_columns_if_needed` and `SFTTrainer.log` (the last two via WeightedTrainerMixin).
+`SFTTrainer._set_signature_columns_if_needed`, `SFTTrainer.log` and `Trainer._get_train_sampler` (the last three via
+WeightedTrainerMixin).
 
 Loss: sum_i w_i * (sum of token losses of example i) / (number of target tokens), with TRL's own normaliser
 (`num_items_in_batch` under gradient accumulation, else the batch's target tokens). With all weights 1 it is
