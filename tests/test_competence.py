@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from east.backbone.competence import competence, main
+from east.backbone.competence import b2_difference, competence, main
 from east.config import load_config
+from east.records import GradedSet
 
 
 def test_shipped_backbone_is_competent_zero_shot_and_not_under_long_prompts(tmp_path):
@@ -19,6 +20,28 @@ def test_shipped_backbone_is_competent_zero_shot_and_not_under_long_prompts(tmp_
     assert result["b2_zero_shot_share"] >= 15 and result["b2_zero_shot_questions_solved"] >= 5
     assert result["b2_long_prompt_share"] <= 2
     assert result["few_shot_steps"] == [3, 3]  # dast.few_shot = 2 examples, the ones with the most steps
+    # With equal samples per question the mean per-question difference is the difference of the shares.
+    assert result["b2_difference"] == pytest.approx(result["b2_long_prompt_share"] - result["b2_zero_shot_share"], abs=0.02)
+    assert result["b2_difference_ci95"] > 0
+
+
+def graded_set(qid: str, correct: list[bool]) -> GradedSet:
+    n = len(correct)
+    return GradedSet(question_id=qid, prompt="p", responses=["r"] * n, num_tokens=[1] * n, finished=[True] * n,
+                     correct=correct)
+
+
+def test_b2_difference_is_paired_by_question_with_a_t_interval():
+    # Question a: 2/4 zero-shot, 3/4 long (+25 points); b: 4/4, 2/4 (-50); c: 0/4, 1/4 (+25). Mean 0; the per-question
+    # differences' sd is 43.3, so the half-width is t(2) 4.303 x 43.3 / sqrt(3) = 107.6 points.
+    zero = [graded_set("a", [1, 1, 0, 0]), graded_set("b", [1, 1, 1, 1]), graded_set("c", [0, 0, 0, 0])]
+    long = [graded_set("a", [1, 1, 1, 0]), graded_set("b", [1, 0, 1, 0]), graded_set("c", [0, 0, 1, 0])]
+    result = b2_difference(zero, long)
+    assert result["b2_difference"] == 0.0
+    assert result["b2_difference_ci95"] == pytest.approx(4.303 * 43.30 / 3 ** 0.5, abs=0.1)
+    # Unpaired lists are a bug in the caller, not a number.
+    with pytest.raises(ValueError):
+        b2_difference(zero, long[:2])
 
 
 def test_command_writes_the_json_and_refuses_a_task_without_worked_examples(tmp_path):

@@ -56,6 +56,7 @@ def competence(backbone: str | Path, config, *, b2_questions: int = 400, samples
         "b1_questions": len(test),
         "b2_zero_shot_share": share(zero, "steps"),
         "b2_long_prompt_share": share(long, "steps"),
+        **b2_difference(zero, long),
         "b2_zero_shot_questions_solved": solved(zero),
         "b2_long_prompt_questions_solved": solved(long),
         "b2_questions": len(train),
@@ -83,6 +84,26 @@ def share(sets: list[GradedSet], verdict: str) -> float:
     """Percentage of all samples judged correct, by final answer ("answer") or with step verification ("steps")."""
     right = sum(c or (verdict == "answer" and r) for g in sets for c, r in zip(g.correct, g.step_rejected))
     return round(100.0 * right / max(sum(len(g.correct) for g in sets), 1), 2)
+
+
+def b2_difference(zero: list[GradedSet], long: list[GradedSet]) -> dict[str, float | None]:
+    """Long-prompt minus zero-shot step-verified share, in points, with the 95% t half-width over questions.
+
+    Each question is one paired unit (its samples under both prompts), so the half-width is how precisely this
+    build's B2 difference is measured by these questions and samples: the measurement's own noise, which a verdict
+    per build cannot tell from a difference between builds (docs/testbed.md, the 12,000-row measurement)."""
+    from east.paired import t_interval
+
+    per_question = [100.0 * (fraction(b) - fraction(a)) for a, b in zip(zero, long, strict=True)]
+    interval = t_interval(per_question)
+    half = interval["ci95"]
+    return {"b2_difference": None if interval["mean"] is None else round(interval["mean"], 2),
+            "b2_difference_ci95": None if half is None else round(half, 2)}
+
+
+def fraction(graded_set: GradedSet) -> float:
+    """Share of this question's samples that are step-verified correct."""
+    return sum(graded_set.correct) / max(len(graded_set.correct), 1)
 
 
 def solved(sets: list[GradedSet]) -> int:
